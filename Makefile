@@ -1,0 +1,49 @@
+# The two commands of the README, and the rest a developer needs.
+# Every target creates and uses the virtual environment in .venv.
+
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+NB     ?= notebooks/01_data_and_metrics.ipynb
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test book chapter lint format data clean clean-all
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create .venv and install mlcl with the book and test tools
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+test: setup  ## run the test suite (unit tests and every chapter under nbval)
+	$(PY) -m pytest
+
+book: setup  ## execute the chapters on the built-in data and build the HTML into _build/html
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+
+chapter: setup  ## execute one chapter in place, e.g. make chapter NB=notebooks/02_baseline.ipynb
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace $(NB)
+
+lint: setup  ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check mlcl tests
+
+format: setup  ## ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format mlcl tests
+
+data: setup  ## write the built-in synthetic data set to data/synthetic
+	$(VENV)/bin/mlcl data synth --out data/synthetic
+
+clean:  ## remove the built book, caches and run directories
+	rm -rf _build .pytest_cache .ruff_cache runs
+
+clean-all: clean  ## also remove .venv and the generated data
+	rm -rf $(VENV) data

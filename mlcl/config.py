@@ -1,0 +1,329 @@
+"""One typed configuration for notebooks, the CLI and papermill alike.
+
+A configuration is five sections of dataclasses: ``data``, ``model``, ``optim``, ``run`` and
+``method`` (the options of the method named by ``model.method``; each method declares its own
+dataclass, so its keys are typed too). It is read from YAML, overridden with ``key.sub=value``
+strings (the CLI's ``--set``) or a dict (a notebook's parameters), and saved beside every run.
+
+Named presets ship in ``mlcl/presets/*.yaml``: ``load_config("baseline-quick")`` reads one, and a
+path to any YAML file works the same way. A preset may start from another with ``base: NAME``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlcl.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"  # synthetic | coco2014 | coco2017 | voc2007 | voc2012 | nuswide
+    root: str = "data/synthetic"
+    image_size: int = 128
+    batch_size: int = 32  # per process
+    eval_batch_size: int = 0  # 0: same as batch_size
+    workers: int = 2
+    labels: str = "full"  # full | single_positive (one observed positive per training image)
+    single_positive_seed: int = 0
+    keep_empty: bool = True  # COCO: keep images without annotations (all-negative)
+    use_difficult: bool = False  # VOC: count objects marked difficult as positives
+    augment: str = "flip"  # flip: resize + flip | crop: random resized crop + flip
+    randaugment: bool = False
+    cutout: float = 0.0  # side of the Cutout hole as a fraction of the image side; 0 = off
+    limit_train: int = 0  # use only the first N training images (0 = all)
+    limit_val: int = 0
+    # The built-in data set is generated at `root` on first use with these sizes.
+    synthetic_train: int = 2000
+    synthetic_val: int = 500
+    synthetic_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    method: str = "baseline"
+    backbone: str = "resnet18"  # any timm model name
+    pretrained: bool = False  # ImageNet weights from the timm hub (needs the internet)
+    pretrained_file: str = ""  # or from a local file (.pth / .safetensors)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "onecycle"  # onecycle | cosine | constant
+    warmup_epochs: float = 0.0  # cosine: linear warm-up length
+    pct_start: float = 0.2  # onecycle: fraction of steps spent warming up
+    grad_clip: float = 10.0  # max gradient norm; 0 = off
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/default"
+    epochs: int = 10
+    max_steps: int = 0  # stop after this many optimisation iterations in total (0 = no limit)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 where supported, fp16 + scaler on other GPUs, off on CPU) | bf16 | fp16 | off
+    ema: float = 0.0  # EMA decay of the weights evaluated alongside (0 = no EMA)
+    compile: bool = False
+    channels_last: bool = True
+    threshold: float = 0.5  # for CP / CR / CF1 / OP / OR / OF1
+    early_stop: int = 0  # stop after this many epochs without a better mAP (0 = off)
+    max_bad_steps: int = 3  # stop the run after this many non-finite losses in a row
+    progress: bool = True
+    checkpoint: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    method: Any = None  # the method's own Options dataclass; filled in by `resolve_method`
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+    def hash(self) -> str:
+        """Short hash of the configuration, stable across key order."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+SECTIONS = ("data", "model", "optim", "run", "method")
+
+
+def list_presets() -> list[str]:
+    return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(
+    preset_or_path: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Config:
+    """Build a configuration from defaults, a preset name or YAML path, and overrides.
+
+    ``overrides`` are ``"section.key=value"`` strings (values parsed as YAML) or a mapping of
+    dotted keys to values. An unknown key or a value of the wrong type raises ``ConfigError``
+    naming the key.
+    """
+    raw: dict[str, Any] = {}
+    if preset_or_path is not None:
+        raw = _read_with_bases(preset_or_path, seen=())
+    for key, value in _parse_overrides(overrides):
+        _set_dotted(raw, key, value)
+    return from_dict(raw)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Typed ``Config`` from nested plain data (as read from YAML)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a configuration must be a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(SECTIONS)})")
+    config = Config(
+        data=_build(DataConfig, raw.get("data", {}), "data"),
+        model=_build(ModelConfig, raw.get("model", {}), "model"),
+        optim=_build(OptimConfig, raw.get("optim", {}), "optim"),
+        run=_build(RunConfig, raw.get("run", {}), "run"),
+    )
+    return resolve_method(config, raw.get("method", {}))
+
+
+def resolve_method(config: Config, method_raw: dict[str, Any] | None = None) -> Config:
+    """Fill ``config.method`` with the options dataclass of ``config.model.method``."""
+    from mlcl.methods import get_method_class  # the registry imports every method
+
+    options_cls = get_method_class(config.model.method).Options
+    if isinstance(method_raw, options_cls):
+        config.method = method_raw
+    else:
+        config.method = _build(options_cls, method_raw or {}, "method")
+    return config
+
+
+def with_overrides(config: Config, overrides: list[str] | dict[str, Any]) -> Config:
+    """A copy of ``config`` with ``overrides`` applied (same forms as ``load_config``)."""
+    raw = config.to_dict()
+    parsed = _parse_overrides(overrides)
+    if any(key == "model.method" and value != config.model.method for key, value in parsed):
+        raw["method"] = {}  # the old method's options do not apply to the new one
+    for key, value in parsed:
+        _set_dotted(raw, key, value)
+    return from_dict(raw)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _read_with_bases(preset_or_path: str | Path, seen: tuple[str, ...]) -> dict[str, Any]:
+    path = _locate(preset_or_path)
+    if str(path) in seen:
+        raise ConfigError(f"{path}: 'base' presets form a cycle")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a configuration must be a mapping")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    merged = _read_with_bases(base, seen + (str(path),))
+    _deep_update(merged, raw)
+    return merged
+
+
+def _locate(preset_or_path: str | Path) -> Path:
+    path = Path(preset_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"{path}: configuration file not found")
+        return path
+    preset = PRESET_DIR / f"{preset_or_path}.yaml"
+    if not preset.is_file():
+        raise ConfigError(
+            f"{preset_or_path}: no such preset or YAML file (presets: {', '.join(list_presets())})"
+        )
+    return preset
+
+
+def _deep_update(target: dict[str, Any], source: dict[str, Any]) -> None:
+    for key, value in source.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
+
+
+def _parse_overrides(overrides: list[str] | dict[str, Any] | None) -> list[tuple[str, Any]]:
+    if not overrides:
+        return []
+    if isinstance(overrides, dict):
+        return list(overrides.items())
+    parsed = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{item!r}: an override reads section.key=value")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"{key}: keys are written section.key (sections: {', '.join(SECTIONS)})")
+    section, name = parts
+    if section not in SECTIONS:
+        raise ConfigError(f"{key}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
+    node = raw.setdefault(section, {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"{section}: must be a mapping")
+    node[name] = value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix}: must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}"
+        if name not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            raise ConfigError(f"{key}: unknown key (known: {known})")
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``hint``; allow int → float and list → tuple."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not of type {hint}")
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if origin is list:
+        (arg,) = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, arg, key) for v in value]
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(k, key_type, key): _coerce(v, value_type, f"{key}.{k}")
+                for k, v in value.items()}
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {hint}")
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,73 @@
+"""Collective operations that are no-ops in a single process.
+
+Methods keep state that must agree across ranks (prototypes, co-occurrence counts, per-image label
+estimates). They update it with these helpers, so the same code runs on one CPU, one GPU or under
+``torchrun`` without knowing which.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place and return it."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Average ``tensor`` over ranks in place and return it."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= world_size()
+    return tensor
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from every rank along dim 0 (equal shapes on every rank)."""
+    if not is_distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def all_gather_variable(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from every rank along dim 0 when ranks hold different lengths
+    (the last, uneven evaluation batch)."""
+    if not is_distributed():
+        return tensor
+    length = torch.tensor([tensor.shape[0]], device=tensor.device)
+    lengths = all_gather_cat(length)
+    longest = int(lengths.max())
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    gathered = all_gather_cat(padded)
+    pieces = [gathered[i * longest : i * longest + int(n)] for i, n in enumerate(lengths)]
+    return torch.cat(pieces, dim=0)
+
+
+def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Copy ``tensor`` from rank ``src`` to every rank in place and return it."""
+    if is_distributed():
+        dist.broadcast(tensor, src=src)
+    return tensor

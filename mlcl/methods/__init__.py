@@ -1,0 +1,21 @@
+"""Methods: each ties a model, its losses and its per-step / per-epoch hooks together.
+
+Importing this package registers every method, so ``build_method`` knows them all.
+"""
+
+from mlcl.methods.base import Batch, Method, MethodOptions, split_weight_decay
+from mlcl.methods.registry import build_method, get_method_class, method_names, register_method
+
+# Registration happens on import; keep this list in reading order of the book.
+from mlcl.methods import baseline  # noqa: E402, F401  isort: skip
+
+__all__ = [
+    "Batch",
+    "Method",
+    "MethodOptions",
+    "build_method",
+    "get_method_class",
+    "method_names",
+    "register_method",
+    "split_weight_decay",
+]
