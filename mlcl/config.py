@@ -30,7 +30,7 @@ PRESET_DIR = Path(__file__).parent / "presets"
 @dataclass
 class DataConfig:
     dataset: str = "synthetic"  # synthetic | coco2014 | coco2017 | voc2007 | voc2012 | nuswide
-    root: str = "data/synthetic"
+    root: str = ""  # synthetic: "" = generated on first use under $MLCL_DATA_DIR or ~/.cache/mlcl
     image_size: int = 128
     batch_size: int = 32  # per process
     eval_batch_size: int = 0  # 0: same as batch_size
@@ -48,6 +48,7 @@ class DataConfig:
     synthetic_train: int = 2000
     synthetic_val: int = 500
     synthetic_seed: int = 0
+    synthetic_image_size: int = 128
 
 
 @dataclass
@@ -56,6 +57,7 @@ class ModelConfig:
     backbone: str = "resnet18"  # any timm model name
     pretrained: bool = False  # ImageNet weights from the timm hub (needs the internet)
     pretrained_file: str = ""  # or from a local file (.pth / .safetensors)
+    output_stride: int = 0  # 0: the backbone's own (32 for ResNets); 16 or 8 dilate the last stages
 
 
 @dataclass
@@ -190,7 +192,7 @@ def _read_with_bases(preset_or_path: str | Path, seen: tuple[str, ...]) -> dict[
     base = raw.pop("base", None)
     if base is None:
         return raw
-    merged = _read_with_bases(base, seen + (str(path),))
+    merged = _read_with_bases(base, (*seen, str(path)))
     _deep_update(merged, raw)
     return merged
 
@@ -289,8 +291,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         key_type, value_type = typing.get_args(hint)
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return {_coerce(k, key_type, key): _coerce(v, value_type, f"{key}.{k}")
-                for k, v in value.items()}
+        return {
+            _coerce(k, key_type, key): _coerce(v, value_type, f"{key}.{k}")
+            for k, v in value.items()
+        }
     if hint is type(None):
         if value is None:
             return None

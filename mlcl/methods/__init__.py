@@ -7,7 +7,7 @@ from mlcl.methods.base import Batch, Method, MethodOptions, split_weight_decay
 from mlcl.methods.registry import build_method, get_method_class, method_names, register_method
 
 # Registration happens on import; keep this list in reading order of the book.
-from mlcl.methods import baseline  # noqa: E402, F401  isort: skip
+from mlcl.methods import baseline  # noqa: F401  isort: skip
 
 __all__ = [
     "Batch",

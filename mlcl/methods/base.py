@@ -12,7 +12,8 @@ A method is one ``nn.Module`` that owns its model and its losses. The engine onl
    gradients: memory banks, momentum encoders, co-occurrence counts and prototype averages are
    updated there;
 5. calls ``on_epoch_start(epoch)`` / ``on_epoch_end(epoch)``;
-6. evaluates with ``predict(images)``, which returns logits ``[B, C]``.
+6. evaluates with ``inference(images)`` (by default ``{"logits": predict(images)}``, logits
+   ``[B, C]``) and adds ``extra_metrics(outputs, dataset)`` to the metrics of a split.
 
 State that must survive a restart (prototypes, memory banks, per-scene co-occurrence counts,
 per-image label estimates) is kept in registered buffers or parameters, so it travels in
@@ -83,6 +84,16 @@ class Method(nn.Module):
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]`` for a batch of images ``[B, 3, H, W]``."""
         raise NotImplementedError
+
+    def inference(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Everything evaluation collects per image: ``"logits"`` ``[B, C]`` and any extra
+        per-image outputs a method reports on (SALGL's scene distribution ``[B, K]``)."""
+        return {"logits": self.predict(images)}
+
+    def extra_metrics(self, outputs: dict[str, torch.Tensor], dataset: Any) -> dict[str, float]:
+        """Method-specific metrics from ``inference`` outputs gathered over a whole split, in
+        dataset order (row i is ``dataset[i]``); e.g. how well learned scenes match true ones."""
+        return {}
 
     def param_groups(self, phase: str, weight_decay: float) -> list[dict[str, Any]]:
         """Parameter groups of the optimiser of ``phase``.

@@ -25,9 +25,12 @@ class Backbone(nn.Module):
         pretrained: bool = False,
         pretrained_file: str = "",
         out_indices: Sequence[int] = (-1,),
+        output_stride: int = 0,
     ) -> None:
         super().__init__()
         kwargs = {}
+        if output_stride:
+            kwargs["output_stride"] = output_stride
         if pretrained_file:
             if not Path(pretrained_file).is_file():
                 raise ConfigError(f"model.pretrained_file: {pretrained_file}: file not found")
