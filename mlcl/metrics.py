@@ -22,8 +22,9 @@ targets:
     CP = mean_c Nc/Np,   CR = mean_c Nc/Ng,   CF1 = 2·CP·CR / (CP + CR),
     OP = Σ Nc / Σ Np,    OR = Σ Nc / Σ Ng,    OF1 = 2·OP·OR / (OP + OR).
 
-As in the code of ML-GCN and Query2Label, a class with no positive prediction has precision 0.
-Per-class means run over the same classes as mAP (those with a positive target).
+As in ML-GCN's evaluation code (and the many derived from it), a class with no positive prediction
+has precision 0. Per-class means run over the same classes as mAP (those with a positive target;
+ML-GCN divides by C, which is the same on COCO, VOC and NUS-WIDE, where every class has one).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def _count_metrics(predicted: torch.Tensor, targets: torch.Tensor, suffix: str =
     num_predicted = predicted.sum(0).to(torch.float64)  # [C]  Np
     num_targets = targets.sum(0).to(torch.float64)  # [C]  Ng
     evaluated = num_targets > 0
-    # A class never predicted positive has precision 0 (ML-GCN, Query2Label).
+    # A class never predicted positive has precision 0 (ML-GCN's evaluation code).
     class_precision = correct / num_predicted.clamp(min=1)
     class_recall = correct / num_targets.clamp(min=1)
     cp = class_precision[evaluated].mean().item() if evaluated.any() else 0.0
