@@ -68,10 +68,10 @@ def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     scikit-learn's ``average_precision_score`` column by column. It is neither the 11-point AP of
     PASCAL VOC 2007 (the mean over recalls t = 0, 0.1, ..., 1 of the best precision at recall
     ≥ t) nor the all-point interpolated AP of VOC 2010 on (which replaces every precision by the
-    best precision at any higher recall): both interpolations can only raise the number, so
-    values here are at most those. Unlike evaluation code that sorts and walks the ranking one
-    image at a time, ties are one threshold: a tie between a positive and a negative counts
-    neither first.
+    best precision at any higher recall, and so is never below the value here; the 11-point
+    average samples that curve coarsely and may land on either side). Unlike evaluation code
+    that sorts and walks the ranking one image at a time, ties are one threshold: a tie between
+    a positive and a negative counts neither first.
     """
     scores, targets = _check_inputs(scores, targets)
     num_images = scores.shape[0]
