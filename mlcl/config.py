@@ -14,17 +14,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from mlcl.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -35,15 +38,19 @@ class DataConfig:
     batch_size: int = 32  # per process
     eval_batch_size: int = 0  # 0: same as batch_size
     workers: int = 2
-    labels: str = "full"  # full | single_positive (one observed positive per training image)
+    # single_positive: one observed positive per training image, the others unknown
+    labels: Literal["full", "single_positive"] = "full"
     single_positive_seed: int = 0
     keep_empty: bool = True  # COCO: keep images without annotations (all-negative)
     use_difficult: bool = False  # VOC: count objects marked difficult as positives
-    augment: str = "flip"  # flip: resize + flip | crop: random resized crop + flip
+    augment: Literal["flip", "crop"] = "flip"  # flip: resize + flip | crop: random resized crop
     randaugment: bool = False
     cutout: float = 0.0  # side of the Cutout hole as a fraction of the image side; 0 = off
     limit_train: int = 0  # use only the first N training images (0 = all)
     limit_val: int = 0
+    # Normalisation of the backbone's pre-training (timm's ResNets: ImageNet).
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     # The built-in data set is generated at `root` on first use with these sizes.
     synthetic_train: int = 2000
     synthetic_val: int = 500
@@ -65,10 +72,14 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "onecycle"  # onecycle | cosine | constant
-    warmup_epochs: float = 0.0  # cosine: linear warm-up length
+    # The learning rate follows the schedule per iteration; a method's parameter group may set
+    # its own "lr", which the schedule then scales the same way.
+    schedule: Literal["onecycle", "cosine", "constant", "step"] = "onecycle"
+    warmup_epochs: float = 0.0  # cosine / constant / step: linear warm-up length
     pct_start: float = 0.2  # onecycle: fraction of steps spent warming up
-    grad_clip: float = 10.0  # max gradient norm; 0 = off
+    step_epochs: float = 1.0  # step: multiply the learning rate by step_gamma every step_epochs
+    step_gamma: float = 0.1
+    grad_clip: float = 10.0  # max gradient norm, per phase; 0 = off
 
 
 @dataclass
@@ -78,15 +89,19 @@ class RunConfig:
     max_steps: int = 0  # stop after this many optimisation iterations in total (0 = no limit)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 where supported, fp16 + scaler on other GPUs, off on CPU) | bf16 | fp16 | off
+    # auto: bf16 on GPUs that support it, fp16 with a gradient scaler on other GPUs, off on the CPU
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     ema: float = 0.0  # EMA decay of the weights evaluated alongside (0 = no EMA)
-    compile: bool = False
+    ema_warmup: bool = False  # let the EMA decay grow towards `ema` (timm's warm-up; short runs)
+    compile: bool = False  # torch.compile the training forward
     channels_last: bool = True
+    sync_bn: bool = False  # distributed on GPUs: BatchNorm statistics over the global batch
     threshold: float = 0.5  # for CP / CR / CF1 / OP / OR / OF1
     early_stop: int = 0  # stop after this many epochs without a better mAP (0 = off)
     max_bad_steps: int = 3  # stop the run after this many non-finite losses in a row
     progress: bool = True
-    checkpoint: bool = True
+    checkpoint: bool = True  # write checkpoint_last.pt / checkpoint_best.pt
+    checkpoint_every: int = 0  # also write checkpoint_last.pt every this many iterations (0 = off)
 
 
 @dataclass
@@ -119,6 +134,14 @@ def list_presets() -> list[str]:
     return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
 
 
+def describe_preset(name: str) -> str:
+    """The one-line description of a preset: the first comment line of its YAML file."""
+    for line in _locate(name).read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+    return ""
+
+
 def load_config(
     preset_or_path: str | Path | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
@@ -130,7 +153,7 @@ def load_config(
     naming the key.
     """
     raw: dict[str, Any] = {}
-    if preset_or_path is not None:
+    if preset_or_path:
         raw = _read_with_bases(preset_or_path, seen=())
     for key, value in _parse_overrides(overrides):
         _set_dotted(raw, key, value)
@@ -144,13 +167,14 @@ def from_dict(raw: dict[str, Any]) -> Config:
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(SECTIONS)})")
+    # An empty section in YAML (`run:` with nothing under it) reads as None.
     config = Config(
-        data=_build(DataConfig, raw.get("data", {}), "data"),
-        model=_build(ModelConfig, raw.get("model", {}), "model"),
-        optim=_build(OptimConfig, raw.get("optim", {}), "optim"),
-        run=_build(RunConfig, raw.get("run", {}), "run"),
+        data=_build(DataConfig, raw.get("data") or {}, "data"),
+        model=_build(ModelConfig, raw.get("model") or {}, "model"),
+        optim=_build(OptimConfig, raw.get("optim") or {}, "optim"),
+        run=_build(RunConfig, raw.get("run") or {}, "run"),
     )
-    return resolve_method(config, raw.get("method", {}))
+    return resolve_method(config, raw.get("method") or {})
 
 
 def resolve_method(config: Config, method_raw: dict[str, Any] | None = None) -> Config:
@@ -179,12 +203,41 @@ def with_overrides(config: Config, overrides: list[str] | dict[str, Any]) -> Con
 # --------------------------------------------------------------------------- helpers
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans and floats: ``off`` / ``no`` stay strings (``run.amp: off``) and
+    ``1e-4`` is a number (PyYAML follows YAML 1.1, where it is the reverse)."""
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_YamlLoader.add_implicit_resolver(
+    _FLOAT_TAG,
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader: plain data only
+
+
 def _read_with_bases(preset_or_path: str | Path, seen: tuple[str, ...]) -> dict[str, Any]:
     path = _locate(preset_or_path)
     if str(path) in seen:
         raise ConfigError(f"{path}: 'base' presets form a cycle")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(raw, dict):
@@ -230,7 +283,7 @@ def _parse_overrides(overrides: list[str] | dict[str, Any] | None) -> list[tuple
         if not sep or not key.strip():
             raise ConfigError(f"{item!r}: an override reads section.key=value")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = _load_yaml(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
         parsed.append((key.strip(), value))
@@ -270,6 +323,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     if hint is Any:
         return value
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value in choices:
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(hint):
             try:
@@ -310,11 +368,6 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):

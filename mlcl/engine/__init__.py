@@ -1,0 +1,28 @@
+"""The training engine: ``fit`` a method from a configuration, ``evaluate`` it, checkpoints.
+
+- :mod:`mlcl.engine.train`: ``fit``, ``train_one_epoch``, ``training_step`` (the loop).
+- :mod:`mlcl.engine.evaluate`: ``evaluate`` (metrics of a method on a data set).
+- :mod:`mlcl.engine.loaders`: ``build_datasets``, ``build_loaders``, per-epoch seeding.
+- :mod:`mlcl.engine.optim`: AdamW per phase, learning-rate schedules, mixed precision.
+- :mod:`mlcl.engine.checkpoint`: atomic checkpoints and ``load_method`` for a trained one.
+- :mod:`mlcl.engine.distributed`: ``torchrun`` set-up.
+- :mod:`mlcl.engine.run_dir`: the run directory (config, metrics, summary).
+"""
+
+from mlcl.engine.checkpoint import load_checkpoint, load_method, save_checkpoint
+from mlcl.engine.evaluate import evaluate
+from mlcl.engine.loaders import build_datasets, build_loaders
+from mlcl.engine.run_dir import read_metrics
+from mlcl.engine.train import fit, train_one_epoch
+
+__all__ = [
+    "build_datasets",
+    "build_loaders",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "load_method",
+    "read_metrics",
+    "save_checkpoint",
+    "train_one_epoch",
+]

@@ -1,0 +1,99 @@
+"""Evaluation: a method's outputs over a whole split, then the metrics of the literature.
+
+Every process runs ``method.inference`` on its share of the split; the outputs are gathered and
+put back in dataset order by each image's ``index``, and scored against the split's *full* labels
+(also when training saw single positives).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from mlcl.distributed import all_gather_variable
+from mlcl.engine.distributed import DistributedContext, resolve_device
+from mlcl.engine.loaders import build_eval_loader
+from mlcl.methods import Method
+from mlcl.metrics import MultiLabelMetrics
+
+
+@torch.no_grad()
+def collect_outputs(
+    method: Method,
+    loader: DataLoader,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """``method.inference`` over every image of ``loader``'s dataset, gathered across processes,
+    row i for image i, on the CPU."""
+    was_training = method.training
+    method.eval()
+    indices, chunks = [], []
+    for batch in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+        images = batch["image"].to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            outputs = method.inference(images)
+        indices.append(batch["index"].to(device))
+        chunks.append({name: value.float() for name, value in outputs.items()})
+    method.train(was_training)
+
+    index = all_gather_variable(torch.cat(indices))  # [N'] (DDP pads with a few repeats)
+    size = len(loader.dataset)
+    gathered = {}
+    for name in chunks[0]:
+        values = all_gather_variable(torch.cat([chunk[name] for chunk in chunks]))  # [N', ...]
+        ordered = values.new_zeros((size, *values.shape[1:]))
+        ordered[index] = values  # a padded repeat writes the same row twice
+        gathered[name] = ordered.cpu()
+    return gathered
+
+
+def compute_metrics(
+    method: Method,
+    outputs: dict[str, torch.Tensor],
+    dataset: Any,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """mAP and the threshold metrics of ``outputs["logits"]`` against ``dataset.full_labels``,
+    plus ``method.extra_metrics``."""
+    logits = outputs["logits"]  # [N, C]
+    metrics = MultiLabelMetrics(logits.shape[1], threshold=threshold, from_logits=True)
+    metrics.update(logits, dataset.full_labels)
+    return metrics.compute() | method.extra_metrics(outputs, dataset)
+
+
+def evaluate(
+    method: Method,
+    data: Dataset | DataLoader,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+    threshold: float = 0.5,
+    channels_last: bool = False,
+    progress: bool = False,
+    context: DistributedContext | None = None,
+) -> dict[str, Any]:
+    """Metrics of ``method`` on a data set (or a loader over one), e.g. ``{"mAP": 71.3, ...}``.
+
+    ``device`` defaults to the device of the method's parameters. Under DDP pass the ``context``
+    so that each process evaluates its share.
+    """
+    if device is None:
+        device = next(method.parameters()).device
+    device = resolve_device(str(device)) if isinstance(device, str) else device
+    if isinstance(data, DataLoader):
+        loader = data
+    else:
+        context = context or DistributedContext(device)
+        loader = build_eval_loader(data, batch_size, workers, context)
+    outputs = collect_outputs(method, loader, device, amp_dtype, channels_last, progress)
+    return compute_metrics(method, outputs, loader.dataset, threshold)

@@ -1,0 +1,146 @@
+"""Data sets and loaders for training, and the seeding that makes a run reproducible.
+
+The order of the training images depends only on ``(run.seed, epoch)``: the sampler is a
+``DistributedSampler`` (also in a single process) whose permutation is drawn from that pair, and
+the random numbers of augmentations (in the main process or in loader workers) come from
+generators re-seeded from ``(run.seed, epoch, rank)`` at the start of every epoch. A run resumed
+from an epoch boundary therefore sees exactly the batches an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
+
+from mlcl.config import Config
+from mlcl.engine.distributed import DistributedContext, barrier
+from mlcl.errors import ConfigError
+
+
+def build_datasets(config: Config, context: DistributedContext) -> tuple[Dataset, Dataset]:
+    """The training and validation splits that ``config.data`` describes, with their
+    transforms. Validation always has full labels (evaluation reads ``full_labels``)."""
+    from mlcl.data import build_dataset, build_transforms, ensure_synthetic
+
+    data = config.data
+    root = data.root
+    if data.dataset == "synthetic":
+        # The main process generates the data (once); the others wait, then find it.
+        for turn in (True, False):
+            if context.is_main == turn:
+                root = str(
+                    ensure_synthetic(
+                        data.root,
+                        data.synthetic_train,
+                        data.synthetic_val,
+                        data.synthetic_image_size,
+                        data.synthetic_seed,
+                    )
+                )
+            barrier(context)
+    datasets = []
+    for split, limit in (("train", data.limit_train), ("val", data.limit_val)):
+        train = split == "train"
+        transform = build_transforms(
+            train, data.image_size, data.mean, data.std, data.augment, data.randaugment, data.cutout
+        )
+        datasets.append(
+            build_dataset(
+                data.dataset,
+                root,
+                split,
+                transform,
+                keep_empty=data.keep_empty,
+                use_difficult=data.use_difficult,
+                labels=data.labels if train else "full",
+                single_positive_seed=data.single_positive_seed,
+                limit=limit,
+            )
+        )
+    return datasets[0], datasets[1]
+
+
+class EpochSampler(DistributedSampler):
+    """``DistributedSampler`` that can also start an epoch part-way through (resuming from a
+    mid-epoch checkpoint): ``skip`` drops that many of this process's first indices."""
+
+    def __init__(self, dataset: Dataset, context: DistributedContext, seed: int) -> None:
+        super().__init__(
+            dataset, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=seed
+        )
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
+def build_loaders(
+    config: Config, train_dataset: Dataset, val_dataset: Dataset, context: DistributedContext
+) -> tuple[DataLoader, DataLoader]:
+    """Training loader (shuffled per epoch, last partial batch dropped) and validation loader
+    (in dataset order; split across processes when distributed). Batch sizes are per process."""
+    data = config.data
+    sampler = EpochSampler(train_dataset, context, config.run.seed)
+    train_loader = DataLoader(
+        train_dataset,
+        batch_size=data.batch_size,
+        sampler=sampler,
+        num_workers=data.workers,
+        pin_memory=context.device.type == "cuda",
+        drop_last=True,  # a batch of one breaks BatchNorm, and equal batches keep DDP in step
+        generator=torch.Generator(),  # seeds the workers; re-seeded every epoch
+    )
+    if len(train_loader) == 0:
+        raise ConfigError(
+            f"data.batch_size: {data.batch_size} per process is more than the "
+            f"{len(sampler)} training images each of the {context.world_size} process(es) gets"
+        )
+    return train_loader, build_eval_loader(
+        val_dataset, data.eval_batch_size or data.batch_size, data.workers, context
+    )
+
+
+def build_eval_loader(
+    dataset: Dataset, batch_size: int, workers: int, context: DistributedContext
+) -> DataLoader:
+    """A loader over ``dataset`` in order; under DDP each process reads every world_size-th
+    image (the sampler pads with repeats; evaluation puts results back by ``index``)."""
+    if context.distributed:
+        sampler = DistributedSampler(
+            dataset, num_replicas=context.world_size, rank=context.rank, shuffle=False
+        )
+    else:
+        sampler = SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=context.device.type == "cuda",
+    )
+
+
+def seed_epoch(loader: DataLoader, seed: int, epoch: int, rank: int, skip_batches: int = 0) -> None:
+    """Make epoch ``epoch`` of ``loader`` depend only on ``(seed, epoch, rank)``: its order, its
+    workers' seeds and the global generators (augmentations in the main process, dropout)."""
+    sampler = loader.sampler
+    sampler.set_epoch(epoch)
+    sampler.skip = skip_batches * loader.batch_size
+    epoch_seed = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+    loader.generator.manual_seed(epoch_seed)
+    seed_everything(epoch_seed)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,179 @@
+"""The training loop: resumption, non-finite losses, several phases, early stop, the run dir."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import mlcl.engine.train as train_module
+from mlcl.engine import evaluate, fit, load_checkpoint, load_method, read_metrics
+from mlcl.engine.checkpoint import save_checkpoint
+from mlcl.errors import MlclError
+from tests.test_engine_toys import ToyDataset, toy_config
+
+
+def _datasets():
+    return ToyDataset(size=32, image_size=16, seed=0), ToyDataset(size=16, image_size=16, seed=1)
+
+
+def _fit(config, **kwargs):
+    train, val = _datasets()
+    return fit(config, train_dataset=train, val_dataset=val, **kwargs)
+
+
+class _Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def _kill_after_checkpoint(monkeypatch, at_step: int):
+    """Make the run die right after it writes the checkpoint of iteration ``at_step``."""
+    real_save = train_module.save_checkpoint
+
+    def save_then_die(state, path):
+        real_save(state, path)
+        if path.name == "checkpoint_last.pt" and state["state"]["global_step"] == at_step:
+            raise _Killed
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+
+
+def _assert_same_run(dir_a, dir_b):
+    a = load_checkpoint(dir_a / "checkpoint_last.pt")
+    b = load_checkpoint(dir_b / "checkpoint_last.pt")
+    assert a["state"] == b["state"]
+    for part in ("model", "ema"):  # weights and buffers (the method's state)
+        assert a[part].keys() == b[part].keys()
+        for name in a[part]:
+            torch.testing.assert_close(a[part][name], b[part][name], rtol=0, atol=0, msg=name)
+    steps_a = [s["step"] for s in a["optimizers"]["main"]["state"].values()]
+    steps_b = [s["step"] for s in b["optimizers"]["main"]["state"].values()]
+    assert steps_a == steps_b
+
+
+# Dropout, shuffling and EMA: every source of state and randomness the resume must restore.
+RESUME = {"run.epochs": 3, "run.ema": 0.9, "method.dropout": 0.3}
+
+
+def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    _fit(toy_config(tmp_path / "whole", overrides=RESUME))
+
+    config = toy_config(tmp_path / "resumed", overrides=RESUME)
+    _kill_after_checkpoint(monkeypatch, at_step=4)  # end of epoch 1 of 3 (4 steps per epoch)
+    with pytest.raises(_Killed):
+        _fit(config)
+    monkeypatch.undo()
+    _fit(config, resume=True)
+
+    _assert_same_run(tmp_path / "whole", tmp_path / "resumed")
+    whole = read_metrics(tmp_path / "whole")
+    resumed = read_metrics(tmp_path / "resumed")
+    assert [r["epoch"] for r in resumed] == [0, 1, 2]  # no line lost or repeated
+    assert [r["mAP"] for r in resumed] == [r["mAP"] for r in whole]
+
+
+def test_resume_from_a_mid_epoch_checkpoint_is_exact_too(tmp_path, monkeypatch):
+    overrides = RESUME | {"run.checkpoint_every": 3}
+    _fit(toy_config(tmp_path / "whole", overrides=overrides))
+
+    config = toy_config(tmp_path / "resumed", overrides=overrides)
+    _kill_after_checkpoint(monkeypatch, at_step=6)  # half-way through epoch 2
+    with pytest.raises(_Killed):
+        _fit(config)
+    assert (
+        load_checkpoint(tmp_path / "resumed" / "checkpoint_last.pt")["state"]["step_in_epoch"] == 2
+    )
+    monkeypatch.undo()
+    _fit(config, resume=True)
+    _assert_same_run(tmp_path / "whole", tmp_path / "resumed")
+
+
+def test_a_non_finite_loss_skips_the_step(tmp_path):
+    _fit(toy_config(tmp_path, overrides={"run.epochs": 1, "method.nan_steps": [2]}))
+    checkpoint = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    assert checkpoint["state"]["global_step"] == 4
+    # 4 iterations, 1 skipped: AdamW took 3 steps.
+    steps = {float(s["step"]) for s in checkpoint["optimizers"]["main"]["state"].values()}
+    assert steps == {3.0}
+
+
+def test_non_finite_losses_in_a_row_stop_the_run_and_keep_the_last_checkpoint(tmp_path, capsys):
+    config = toy_config(tmp_path, overrides={"method.nan_steps": [6, 7, 8], "run.max_bad_steps": 2})
+    with pytest.raises(MlclError, match=r"step 7: the loss was not finite in 2 iterations"):
+        _fit(config)
+    assert "step 6: the loss of phase 'main' is nan" in capsys.readouterr().out
+    checkpoint = load_checkpoint(tmp_path / "checkpoint_last.pt")  # still readable
+    assert checkpoint["state"]["epoch"] == 1 and checkpoint["state"]["global_step"] == 4
+    assert all(
+        torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point()
+    )
+
+
+def test_a_two_phase_method_steps_both_optimisers(tmp_path):
+    config = toy_config(tmp_path, method="test-two-phase", overrides={"run.epochs": 1})
+    train, val = _datasets()
+    torch.manual_seed(config.run.seed)
+    summary = fit(config, train_dataset=train, val_dataset=val)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    assert set(checkpoint["optimizers"]) == {"classify", "align"}
+    for phase in ("classify", "align"):
+        steps = {float(s["step"]) for s in checkpoint["optimizers"][phase]["state"].values()}
+        assert steps == {4.0}, phase
+    (record,) = read_metrics(tmp_path)
+    assert {"train_classify_loss", "train_classify_bce", "train_align_spread"} <= record.keys()
+    assert {"classify_lr", "align_lr"} <= record.keys()
+    assert summary["steps"] == 4
+
+
+def test_run_directory_files(tmp_path):
+    summary = _fit(toy_config(tmp_path, overrides={"run.ema": 0.5}))
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoint_last.pt",
+        "checkpoint_best.pt",
+    }
+    records = read_metrics(tmp_path)
+    assert [r["epoch"] for r in records] == [0, 1]
+    for key in ("step", "lr", "train_loss", "train_bce", "mAP", "ema_mAP", "mean_logit"):
+        assert key in records[0], key
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["best_map"] == pytest.approx(max(r["mAP"] for r in records))
+    assert on_disk["best_ema_map"] == pytest.approx(max(r["ema_mAP"] for r in records))
+    assert on_disk["versions"]["torch"] == torch.__version__
+    assert summary["config_hash"] == on_disk["config_hash"]
+    assert summary["train_images_per_s"] > 0
+
+
+def test_best_checkpoint_reproduces_the_best_map(tmp_path):
+    summary = _fit(toy_config(tmp_path, overrides={"run.epochs": 3}))
+    method, checkpoint = load_method(tmp_path / "checkpoint_best.pt")
+    assert checkpoint["state"]["epoch"] == summary["best_epoch"] + 1
+    metrics = evaluate(method, _datasets()[1], batch_size=5)
+    assert metrics["mAP"] == pytest.approx(summary["best_map"], abs=1e-9)
+
+
+def test_early_stop(tmp_path):
+    # With a zero learning rate nothing improves after the first epoch.
+    summary = _fit(
+        toy_config(tmp_path, overrides={"run.epochs": 6, "run.early_stop": 2, "optim.lr": 0.0})
+    )
+    assert summary["stopped"] == "early_stop"
+    assert summary["epochs"] == 3 and summary["best_epoch"] == 0
+
+
+def test_max_steps_stops_mid_epoch(tmp_path):
+    summary = _fit(toy_config(tmp_path, overrides={"run.epochs": 5, "run.max_steps": 6}))
+    assert summary["stopped"] == "max_steps" and summary["steps"] == 6
+    assert [r["step"] for r in read_metrics(tmp_path)] == [4, 6]
+
+
+def test_an_interrupted_write_leaves_the_old_checkpoint(tmp_path):
+    path = tmp_path / "checkpoint_last.pt"
+    save_checkpoint({"format": 1, "weights": torch.ones(3)}, path)
+    with pytest.raises(Exception, match="pickle"):  # fails half-way through writing
+        save_checkpoint({"format": 1, "weights": torch.zeros(3), "bad": lambda: 0}, path)
+    torch.testing.assert_close(load_checkpoint(path)["weights"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pt"]  # no temporary left
