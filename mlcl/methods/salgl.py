@@ -1,0 +1,144 @@
+"""SALGL: scene-aware label graph learning (Zhu et al., ICCV 2023).
+
+The model (:class:`mlcl.models.scene_graph.SceneGraphModel`) classifies each image into ``K`` latent scenes,
+picks the label graph of its scene from per-scene co-occurrence counts, and propagates label-level
+features over it. The method adds what training needs:
+
+- the loss ``ASL(γ+ = 0, γ− = 2, clip 0) + 1.0 · sample entropy + 1.0 · batch entropy gap``
+  (the weights of the reference configuration), each term logged;
+- the co-occurrence update, in :meth:`SALGL.after_step`;
+- scene recovery at evaluation: :meth:`SALGL.inference` returns each image's scene distribution
+  and :meth:`SALGL.extra_metrics` scores it against the true scenes when the data set has them.
+
+Where the counts are updated. The reference adds the batch's labels to the counts inside the
+training forward, before building the graph that predicts that same batch. Here the update runs
+in ``after_step``, with the scene distributions of that forward, because:
+
+- ``after_step`` runs exactly once per iteration, so each image is counted once however many
+  phases (forwards) an iteration has;
+- a batch's own labels never shape the graph that predicts it: at the first step the reference's
+  graph *is* the batch's answer. The cost is a one-iteration delay, nothing over a training;
+- under DDP every rank sums the same ``[K, C, C]`` increment with one ``all_reduce_sum`` (fixed
+  size, whatever the batch sizes), so the counts stay identical on every rank without
+  broadcasting buffers.
+
+The EMA copy (``run.ema``) follows the counts like any floating-point buffer (timm interpolates
+buffers), so its graph is a slightly older, smoothed estimate of the same conditional
+probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mlcl.distributed import all_reduce_sum
+from mlcl.losses.scene import batch_entropy_gap, sample_entropy
+from mlcl.methods.base import Batch, Method
+from mlcl.methods.baseline import ClassificationLossOptions, classification_loss
+from mlcl.methods.registry import register_method
+from mlcl.models import Backbone
+from mlcl.models.scene_graph import SceneGraphModel, cooccurrence_increment
+from mlcl.scene_metrics import normalized_mutual_info, purity, usage_entropy
+
+
+@dataclass
+class SALGLOptions(ClassificationLossOptions):
+    # ASL as in the SALGL training recipe: γ+ = 0, γ− = 2, no probability margin.
+    gamma_neg: float = 2.0
+    clip: float = 0.0
+    num_scenes: int = 6  # K: 6 latent scenes for COCO (SALGL)
+    soft: bool = False  # soft scene assignment for the counts and the graph (COCO config: hard)
+    ignore_self: bool = False  # zero P(i | i) before normalising (reference: off)
+    normalize: bool = True  # row-normalise the conditional probabilities (reference: on)
+    sample_entropy_weight: float = 1.0
+    batch_entropy_weight: float = 1.0
+    batch_entropy_scale: float = 100.0  # the reference multiplies log K − H(q̄) by 100
+    embedding_dim: int = 300  # learned label embeddings (GloVe's size; no word vectors offline)
+    attention_dim: int = 1024
+    graph_steps: int = 3  # GGNN steps T
+    encoder_layers: int = 1  # transformer encoder over the tokens: 1 layer, 8 heads, FF 2048
+    encoder_heads: int = 8
+    encoder_ff_dim: int = 2048
+    encoder_dropout: float = 0.1
+    position_encoding: bool = False  # off in the COCO configuration
+
+
+@register_method
+class SALGL(Method):
+    name = "salgl"
+    Options = SALGLOptions
+
+    def __init__(self, config, num_classes: int, num_train_images: int) -> None:
+        super().__init__(config, num_classes, num_train_images)
+        model, options = config.model, self.options
+        backbone = Backbone(
+            model.backbone,
+            model.pretrained,
+            model.pretrained_file,
+            output_stride=model.output_stride,
+        )
+        self.model = SceneGraphModel(
+            backbone,
+            num_classes,
+            num_scenes=options.num_scenes,
+            embedding_dim=options.embedding_dim,
+            attention_dim=options.attention_dim,
+            graph_steps=options.graph_steps,
+            soft=options.soft,
+            ignore_self=options.ignore_self,
+            normalize=options.normalize,
+            encoder_layers=options.encoder_layers,
+            encoder_heads=options.encoder_heads,
+            encoder_ff_dim=options.encoder_ff_dim,
+            encoder_dropout=options.encoder_dropout,
+            position_encoding=options.position_encoding,
+        )
+
+    def forward(self, batch: Batch, phase: str = "main") -> dict[str, torch.Tensor]:
+        options = self.options
+        outputs = self.model(batch["image"])
+        classification = classification_loss(outputs["logits"], batch["labels"], options)
+        sample = sample_entropy(outputs["scene_logits"])
+        batch_gap = batch_entropy_gap(outputs["scene_logits"], options.batch_entropy_scale)
+        loss = (
+            classification
+            + options.sample_entropy_weight * sample
+            + options.batch_entropy_weight * batch_gap
+        )
+        return {
+            "loss": loss,
+            options.loss: classification.detach(),
+            "sample_entropy": sample.detach(),
+            "batch_entropy": batch_gap.detach(),
+            "logits": outputs["logits"].detach(),
+            "scene_probs": outputs["scene_probs"].detach(),  # [B, K], for after_step
+        }
+
+    @torch.no_grad()
+    def after_step(self, batch: Batch, outputs: dict[str, torch.Tensor]) -> None:
+        """Add the batch's labels to the counts of its scenes, summed over every process."""
+        increment = cooccurrence_increment(
+            outputs["scene_probs"], batch["labels"], soft=self.options.soft
+        )
+        self.model.cooccurrence.add_(all_reduce_sum(increment))
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)["logits"]
+
+    def inference(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = self.model(images)
+        return {"logits": outputs["logits"], "scene_probs": outputs["scene_probs"]}
+
+    def extra_metrics(self, outputs: dict[str, torch.Tensor], dataset: Any) -> dict[str, float]:
+        """Entropy of the images' spread over the learned scenes (``log K`` = even) and, when
+        the data set knows each image's true scene, NMI and purity of the learned ones."""
+        found = outputs["scene_probs"].argmax(dim=1)  # [N]
+        metrics = {"scene_usage_entropy": usage_entropy(found)}
+        true = getattr(dataset, "scene_ids", None)
+        if true is not None:
+            metrics["scene_nmi"] = normalized_mutual_info(found, true)
+            metrics["scene_purity"] = purity(found, true)
+        return metrics
