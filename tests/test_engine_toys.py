@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlcl.config import load_config
+from mlcl.distributed import all_reduce_mean, rank
 from mlcl.losses import binary_cross_entropy
 from mlcl.methods import Method, MethodOptions, register_method, split_weight_decay
 
@@ -51,6 +52,7 @@ class ToyDataset(torch.utils.data.Dataset):
 @dataclass
 class ToyOptions(MethodOptions):
     nan_steps: list[int] = field(default_factory=list)  # training forwards (from 1) with NaN loss
+    nan_rank: int = -1  # only this process makes those losses NaN (-1: every process)
     dropout: float = 0.0  # makes training depend on the random number generators
 
 
@@ -90,13 +92,16 @@ class ToyMethod(Method):
         self.forward_calls += 1
         logits = self.predict(batch["image"])
         loss = binary_cross_entropy(logits, batch["labels"], reduction="mean")
-        if int(self.forward_calls) in self.options.nan_steps:
+        nan_here = self.options.nan_rank in (-1, rank())
+        if nan_here and int(self.forward_calls) in self.options.nan_steps:
             loss = loss * float("nan")
         return {"loss": loss, "bce": loss.detach(), "logits": logits.detach()}
 
     @torch.no_grad()
     def after_step(self, batch, outputs) -> None:
-        self.label_frequency.lerp_(batch["labels"].mean(dim=0), 0.1)
+        # State that must agree across processes is averaged over them, as real methods do.
+        batch_frequency = all_reduce_mean(batch["labels"].mean(dim=0))
+        self.label_frequency.lerp_(batch_frequency, 0.1)
 
     def on_epoch_end(self, epoch: int) -> None:
         self.epochs_seen += 1

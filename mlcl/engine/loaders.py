@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from mlcl.config import Config
+from mlcl.data import build_dataset, build_transforms, ensure_synthetic
 from mlcl.engine.distributed import DistributedContext, barrier
 from mlcl.errors import ConfigError
 
@@ -25,44 +26,52 @@ from mlcl.errors import ConfigError
 def build_datasets(config: Config, context: DistributedContext) -> tuple[Dataset, Dataset]:
     """The training and validation splits that ``config.data`` describes, with their
     transforms. Validation always has full labels (evaluation reads ``full_labels``)."""
-    from mlcl.data import build_dataset, build_transforms, ensure_synthetic
+    root = data_root(config, context)
+    return build_split(config, "train", root), build_split(config, "val", root)
 
+
+def data_root(config: Config, context: DistributedContext | None = None) -> str:
+    """``data.root``; for the built-in data, where it is (generated on first use: by the main
+    process, while the others wait)."""
     data = config.data
+    if data.dataset != "synthetic":
+        return data.root
     root = data.root
-    if data.dataset == "synthetic":
-        # The main process generates the data (once); the others wait, then find it.
-        for turn in (True, False):
-            if context.is_main == turn:
-                root = str(
-                    ensure_synthetic(
-                        data.root,
-                        data.synthetic_train,
-                        data.synthetic_val,
-                        data.synthetic_image_size,
-                        data.synthetic_seed,
-                    )
+    for main_turn in (True, False):
+        if context is None or context.is_main == main_turn:
+            root = str(
+                ensure_synthetic(
+                    data.root,
+                    data.synthetic_train,
+                    data.synthetic_val,
+                    data.synthetic_image_size,
+                    data.synthetic_seed,
                 )
-            barrier(context)
-    datasets = []
-    for split, limit in (("train", data.limit_train), ("val", data.limit_val)):
-        train = split == "train"
-        transform = build_transforms(
-            train, data.image_size, data.mean, data.std, data.augment, data.randaugment, data.cutout
-        )
-        datasets.append(
-            build_dataset(
-                data.dataset,
-                root,
-                split,
-                transform,
-                keep_empty=data.keep_empty,
-                use_difficult=data.use_difficult,
-                labels=data.labels if train else "full",
-                single_positive_seed=data.single_positive_seed,
-                limit=limit,
             )
-        )
-    return datasets[0], datasets[1]
+        if context is not None:
+            barrier(context)
+    return root
+
+
+def build_split(config: Config, split: str, root: str, train: bool | None = None) -> Dataset:
+    """One split with its transform: training augmentations and ``data.labels`` for the
+    training split (unless ``train=False``), plain resizing and full labels otherwise."""
+    data = config.data
+    train = split == "train" if train is None else train
+    transform = build_transforms(
+        train, data.image_size, data.mean, data.std, data.augment, data.randaugment, data.cutout
+    )
+    return build_dataset(
+        data.dataset,
+        root,
+        split,
+        transform,
+        keep_empty=data.keep_empty,
+        use_difficult=data.use_difficult,
+        labels=data.labels if train else "full",
+        single_positive_seed=data.single_positive_seed,
+        limit=data.limit_train if split == "train" else data.limit_val,
+    )
 
 
 class EpochSampler(DistributedSampler):

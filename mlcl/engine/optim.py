@@ -46,10 +46,13 @@ def build_scheduler(
     if optim.schedule == "onecycle":
         # As in the ASL / Query2Label training scripts: torch's OneCycleLR with its defaults
         # (cosine annealing, start at max_lr / 25, momentum cycled between 0.85 and 0.95).
+        # torch's OneCycleLR divides by zero when the warm-up spans exactly one step: very
+        # short runs (tests, smoke runs) follow the start of a cycle of at least 2 / pct_start.
+        shortest = math.ceil(2 / optim.pct_start) if optim.pct_start > 0 else 2
         return OneCycleLR(
             optimizer,
             max_lr=[group["lr"] for group in optimizer.param_groups],
-            total_steps=max(total_steps, 2),
+            total_steps=max(total_steps, shortest),
             pct_start=optim.pct_start,
         )
     factor = functools.partial(

@@ -19,6 +19,7 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,7 +47,7 @@ from mlcl.engine.evaluate import collect_outputs, compute_metrics
 from mlcl.engine.loaders import build_datasets, build_loaders, seed_epoch, seed_everything
 from mlcl.engine.optim import autocast_dtype, build_grad_scaler, build_optimizers, build_scheduler
 from mlcl.engine.run_dir import RunDir, environment_info, log, peak_memory_mb
-from mlcl.errors import ConfigError, MlclError
+from mlcl.errors import CheckpointError, ConfigError, MlclError
 from mlcl.methods import Method, build_method
 
 
@@ -80,6 +81,7 @@ class Training:
     ema: ModelEmaV3 | None
     amp_dtype: torch.dtype | None
     class_names: list[str]
+    schedule: dict[str, Any]  # what the learning-rate schedules depend on (resume checks it)
     state: TrainState = dataclasses.field(default_factory=TrainState)
     resumed_rng: dict[str, Any] | None = None  # restored when resuming in the middle of an epoch
 
@@ -177,6 +179,11 @@ def build_training(
         ema=ema,
         amp_dtype=amp_dtype,
         class_names=list(train_dataset.class_names),
+        schedule={
+            "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps,
+            **{f"optim.{name}": value for name, value in config.to_dict()["optim"].items()},
+        },
     )
 
 
@@ -385,16 +392,28 @@ def checkpoint_state(training: Training) -> dict[str, Any]:
         "optimizers": {phase: opt.state_dict() for phase, opt in training.optimizers.items()},
         "schedulers": {phase: sch.state_dict() for phase, sch in training.schedulers.items()},
         "scaler": training.scaler.state_dict() if training.scaler is not None else None,
+        "schedule": training.schedule,
         "state": dataclasses.asdict(training.state),
         "rng": rng_state(),
         "mlcl_version": mlcl.__version__,
     }
 
 
-def restore_training(training: Training, path) -> None:
+def restore_training(training: Training, path: Path) -> None:
     """Continue from a checkpoint written by ``checkpoint_state``."""
     checkpoint = load_checkpoint(path)
     check_compatible(checkpoint, path, training.method.name, training.class_names)
+    changed = [
+        f"{name} {old} -> {training.schedule.get(name)}"
+        for name, old in checkpoint["schedule"].items()
+        if training.schedule.get(name) != old
+    ]
+    if changed:
+        raise CheckpointError(
+            f"{path}: the learning-rate schedule cannot continue with changed settings "
+            f"({'; '.join(changed)}); resume with the run's own configuration "
+            f"({Path(path).parent / 'config.yaml'}) or start a new run"
+        )
     training.method.load_state_dict(checkpoint["model"])
     if training.ema is not None:
         if checkpoint["ema"] is None:

@@ -1,0 +1,188 @@
+"""The ``mlcl`` command.
+
+    mlcl train --config baseline-quick [--set run.epochs=2 ...] [--resume]
+    torchrun --nproc_per_node 4 -m mlcl.cli train --config baseline-coco --set data.root=/data/coco
+    mlcl evaluate --checkpoint runs/baseline-quick/checkpoint_best.pt [--ema] [--out metrics.json]
+    mlcl presets
+    mlcl data ...            (the data commands of mlcl.data.cli)
+
+An error made on purpose (a bad key, a missing file) prints one line, ``mlcl: error: ...``, and
+exits with status 1; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mlcl.errors import MlclError
+
+MAIN_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlcl", description="Multi-label image classification with contrastive learning."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a method (also under torchrun)")
+    train.add_argument(
+        "--config", required=True, metavar="PRESET_OR_YAML", help="a preset name or a YAML file"
+    )
+    _add_set_argument(train)
+    train.add_argument(
+        "--resume", action="store_true", help="continue from run.out_dir/checkpoint_last.pt"
+    )
+    train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a data split")
+    evaluate.add_argument("--checkpoint", required=True, type=Path, metavar="PATH")
+    _add_set_argument(evaluate, "e.g. data.root=/data/coco2014 data.eval_batch_size=128")
+    evaluate.add_argument("--split", default="val", choices=("val", "train"))
+    evaluate.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    evaluate.add_argument("--out", type=Path, metavar="JSON", help="also write the metrics here")
+    evaluate.set_defaults(func=_evaluate)
+
+    presets = commands.add_parser("presets", help="list the shipped configuration presets")
+    presets.set_defaults(func=_presets)
+
+    _add_data_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except MlclError as err:
+        if args.debug:
+            raise
+        print(f"mlcl: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mlcl: interrupted", file=sys.stderr)
+        return 130
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mlcl.config import load_config
+    from mlcl.engine import fit
+
+    config = load_config(args.config, args.set)
+    summary = fit(config, resume=args.resume)
+    if summary["best_map"] is not None:
+        print(f"best mAP {summary['best_map']:.2f} (epoch {summary['best_epoch'] + 1})", end="")
+        if summary["best_ema_epoch"] >= 0:
+            print(
+                f", EMA {summary['best_ema_map']:.2f} (epoch {summary['best_ema_epoch'] + 1})",
+                end="",
+            )
+        print(f"; run in {config.run.out_dir}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mlcl.config import from_dict, with_overrides
+    from mlcl.engine import evaluate, load_method
+    from mlcl.engine.checkpoint import check_compatible
+    from mlcl.engine.distributed import resolve_device
+    from mlcl.engine.loaders import build_split, data_root
+
+    device = resolve_device(args.device)
+    method, checkpoint = load_method(args.checkpoint, ema=args.ema, device=device)
+    config = from_dict(checkpoint["config"])
+    if args.set:
+        config = with_overrides(config, args.set)
+    dataset = build_split(config, args.split, data_root(config), train=False)
+    check_compatible(checkpoint, args.checkpoint, method.name, dataset.class_names)
+    metrics = evaluate(
+        method,
+        dataset,
+        batch_size=config.data.eval_batch_size or config.data.batch_size,
+        workers=config.data.workers,
+        device=device,
+        threshold=config.run.threshold,
+        channels_last=config.run.channels_last,
+        progress=config.run.progress,
+    )
+    weights = "EMA weights" if args.ema else "weights"
+    print(
+        f"{args.checkpoint} ({weights}) on {config.data.dataset}/{args.split}, {len(dataset)} images"
+    )
+    print(format_metrics(metrics))
+    if args.out:
+        result = {
+            "checkpoint": str(args.checkpoint),
+            "ema": args.ema,
+            "dataset": config.data.dataset,
+            "split": args.split,
+            **metrics,
+            "per_class_ap": dict(zip(dataset.class_names, metrics["per_class_ap"])),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from mlcl.config import describe_preset, list_presets
+
+    names = list_presets()
+    width = max(map(len, names), default=0)
+    for name in names:
+        print(f"{name:<{width}}  {describe_preset(name)}")
+    return 0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """The main metrics as a small table: one row at the threshold, one for the top 3."""
+    header = f"{'':8}" + "".join(f"{name:>8}" for name in MAIN_METRICS)
+    rows = [header]
+    for label, suffix in (("", ""), ("top-3", "_top3")):
+        cells = [metrics.get(name + suffix) for name in MAIN_METRICS]
+        rows.append(f"{label:8}" + "".join(_cell(value) for value in cells))
+    return "\n".join(rows)
+
+
+def _cell(value: float | None) -> str:
+    return f"{value:8.2f}" if isinstance(value, int | float) else f"{'':8}"
+
+
+def _add_set_argument(parser: argparse.ArgumentParser, example: str = "") -> None:
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override configuration keys, e.g. run.epochs=2 optim.lr=1e-4 " + example,
+    )
+
+
+def _add_data_commands(commands: argparse._SubParsersAction) -> None:
+    """Mount ``mlcl data ...`` from :mod:`mlcl.data.cli` when that module is present."""
+    try:
+        from mlcl.data.cli import add_data_commands
+    except ModuleNotFoundError as err:
+        if err.name != "mlcl.data.cli":
+            raise
+        return
+    add_data_commands(commands)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
