@@ -231,27 +231,19 @@ def ensure_synthetic(
     image_size: int = 128,
     seed: int = 0,
 ) -> Path:
-    """The root of the built-in data set with these parameters, generated first if absent.
+    """The root of the built-in data set, generated with these parameters first if absent.
 
-    ``root=""`` means ``default_root() / "synthetic-<num_train>-<num_val>-<image_size>px-seed<seed>"``.
-    A root that already holds a data set generated with other parameters raises ``DataError``.
+    ``root=""`` means ``default_root() / "synthetic-<num_train>-<num_val>-<image_size>px-seed<seed>"``,
+    one folder per parameter set. An explicit ``root`` that already holds a data set (both
+    annotation files) is used as it is, whatever parameters made it (``mlcl data synth`` writes
+    one).
     """
     if root:
         path = Path(root)
     else:
         path = default_root() / f"synthetic-{num_train}-{num_val}-{image_size}px-seed{seed}"
-    expected = {"num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed}
     if not is_complete(path):
         generate(path, num_train, num_val, image_size, seed)
-    marker = path / MARKER_FILE
-    if marker.is_file():
-        found = json.loads(marker.read_text())
-        different = {k: found.get(k) for k, v in expected.items() if found.get(k) != v}
-        if different:
-            raise DataError(
-                f"{marker}: this data set was generated with {different}, not {expected}; "
-                "choose another root or delete this one"
-            )
     return path
 
 
