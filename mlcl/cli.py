@@ -54,6 +54,27 @@ def build_parser() -> argparse.ArgumentParser:
     presets.set_defaults(func=_presets)
 
     _add_data_commands(commands)
+
+    bench = commands.add_parser(
+        "bench", help="training images/s, peak memory, FLOPs and MFU of a preset"
+    )
+    bench.add_argument("--config", required=True, metavar="PRESET_OR_YAML")
+    _add_set_argument(bench)
+    bench.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    bench.add_argument("--repeats", type=int, default=3, help="the median of these is reported")
+    bench.add_argument("--data", action="store_true", help="also time the data pipeline alone")
+    bench.add_argument("--out", type=Path, metavar="JSON", help="also write the result here")
+    bench.set_defaults(func=_bench)
+
+    sweep = commands.add_parser(
+        "sweep", help="run a grid of chapters x parameter sets through papermill"
+    )
+    sweep.add_argument("grid", help="a grid YAML file or the name of a shipped grid (quick, ...)")
+    sweep.add_argument("--out", type=Path, default=Path("runs/sweep"), help="runs and report")
+    sweep.add_argument("--notebooks", type=Path, default=Path("notebooks"), metavar="DIR")
+    sweep.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
+    sweep.set_defaults(func=_sweep)
     return parser
 
 
@@ -146,6 +167,34 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from mlcl.bench import benchmark
+    from mlcl.config import load_config
+
+    config = load_config(args.config, args.set)
+    config.run.progress = False
+    result = benchmark(
+        config, steps=args.steps, warmup=args.warmup, repeats=args.repeats, data=args.data
+    )
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from mlcl.sweep import load_grid, run_sweep
+
+    results = run_sweep(load_grid(args.grid, args.notebooks), args.out, kernel_name=args.kernel)
+    for result in results:
+        print(f"{result.status:6s}  {result.name}  ({result.seconds} s)  {result.error}")
+    failed = sum(result.status != "ok" for result in results)
+    print(f"{len(results) - failed} ok, {failed} failed; report: {args.out / 'report.md'}")
+    return 1 if failed else 0
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

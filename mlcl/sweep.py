@@ -1,0 +1,145 @@
+"""Run a grid of chapters × parameter sets through papermill.
+
+A grid is a YAML file (or the name of one shipped in ``mlcl/sweeps/``)::
+
+    notebooks: [02_backbone_and_baseline, 06_pscl_and_sadcl]
+    parameter_sets:
+      short: {epochs: 1}
+      long: {epochs: 20, device: cuda}
+
+Every (notebook, parameter set) pair is one run, executed into its own directory
+``OUT/<notebook>--<set>/`` with the executed notebook beside what the chapter writes there (the
+run's ``out_dir`` parameter points at it: ``summary.json``, ``metrics.jsonl``, checkpoints). A cell
+that fails fails that run, not the sweep: the sweep goes on and its report (``report.json`` and
+``report.md`` in ``OUT``) says which runs failed and why.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlcl.errors import ConfigError
+
+GRID_DIR = Path(__file__).parent / "sweeps"
+
+
+@dataclass
+class SweepRun:
+    notebook: Path
+    set_name: str
+    parameters: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"{self.notebook.stem}--{self.set_name}"
+
+
+@dataclass
+class RunResult:
+    name: str
+    notebook: str
+    parameters: dict[str, Any]
+    status: str  # ok | failed
+    seconds: float
+    error: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def list_grids() -> list[str]:
+    return sorted(path.stem for path in GRID_DIR.glob("*.yaml"))
+
+
+def load_grid(grid: str | Path, notebooks_dir: str | Path = "notebooks") -> list[SweepRun]:
+    """The runs of a grid file (path or shipped name), notebooks resolved in ``notebooks_dir``."""
+    path = Path(grid)
+    if path.suffix not in (".yaml", ".yml"):
+        path = GRID_DIR / f"{grid}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{grid}: no such grid file (shipped grids: {', '.join(list_grids())})")
+    raw = yaml.safe_load(path.read_text()) or {}
+    notebooks = raw.get("notebooks")
+    parameter_sets = raw.get("parameter_sets", {"default": {}})
+    if not isinstance(notebooks, list) or not notebooks:
+        raise ConfigError(f"{path}: 'notebooks' must be a non-empty list of chapter names")
+    if not isinstance(parameter_sets, dict) or not all(
+        isinstance(v, dict) for v in parameter_sets.values()
+    ):
+        raise ConfigError(f"{path}: 'parameter_sets' must map names to parameter mappings")
+    runs = []
+    for name in notebooks:
+        notebook = Path(notebooks_dir) / f"{Path(str(name)).stem}.ipynb"
+        if not notebook.is_file():
+            raise ConfigError(f"{path}: notebook {notebook} not found")
+        for set_name, parameters in parameter_sets.items():
+            runs.append(SweepRun(notebook, str(set_name), dict(parameters)))
+    return runs
+
+
+def run_sweep(
+    runs: list[SweepRun], out_dir: str | Path, kernel_name: str | None = None
+) -> list[RunResult]:
+    """Execute every run; never raises for a failing notebook. Writes the report to ``out_dir``."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for run in runs:
+        run_dir = out_dir / run.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        parameters = {**run.parameters, "out_dir": str(run_dir)}
+        start = time.perf_counter()
+        status, error = "ok", ""
+        try:
+            papermill.execute_notebook(
+                str(run.notebook),
+                str(run_dir / run.notebook.name),
+                parameters=parameters,
+                kernel_name=kernel_name,
+                cwd=str(run.notebook.parent),
+                progress_bar=False,
+            )
+        except PapermillExecutionError as err:
+            status = "failed"
+            error = f"cell {err.exec_count}: {err.ename}: {err.evalue}"
+        except Exception as err:  # a kernel that died, a notebook that is not JSON, ...
+            status = "failed"
+            error = f"{type(err).__name__}: {err}"
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        results.append(
+            RunResult(
+                name=run.name,
+                notebook=str(run.notebook),
+                parameters=run.parameters,
+                status=status,
+                seconds=round(time.perf_counter() - start, 1),
+                error=error,
+                summary=summary,
+            )
+        )
+        write_report(results, out_dir)
+    return results
+
+
+def write_report(results: list[RunResult], out_dir: Path) -> None:
+    (out_dir / "report.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    lines = [
+        "| run | status | best mAP | seconds | error |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for result in results:
+        best = result.summary.get("best_map")
+        best_text = f"{best:.2f}" if isinstance(best, int | float) else ""
+        error = result.error.replace("|", "\\|").splitlines()[0] if result.error else ""
+        lines.append(
+            f"| {result.name} | {result.status} | {best_text} | {result.seconds} | {error} |"
+        )
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")

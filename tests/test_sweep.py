@@ -1,0 +1,71 @@
+"""`mlcl sweep`: every run goes into its own directory, and a failing run fails alone."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from mlcl.errors import ConfigError
+from mlcl.sweep import load_grid, run_sweep
+
+NOTEBOOK_BODY = """
+import json, pathlib
+if fail:
+    raise RuntimeError("asked to fail")
+pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
+(pathlib.Path(out_dir) / "summary.json").write_text(json.dumps({"best_map": 10.0 * epochs}))
+"""
+
+
+@pytest.fixture
+def grid(tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("epochs = 1\nfail = False\nout_dir = 'unused'")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [parameters, nbformat.v4.new_code_cell(NOTEBOOK_BODY)]
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    nbformat.write(notebook, notebooks / "toy.ipynb")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "notebooks: [toy]\nparameter_sets:\n  three: {epochs: 3}\n  broken: {fail: true}\n"
+    )
+    return grid, notebooks
+
+
+def test_runs_each_pair_and_isolates_failures(grid, tmp_path):
+    grid_file, notebooks = grid
+    runs = load_grid(grid_file, notebooks)
+    assert [run.name for run in runs] == ["toy--three", "toy--broken"]
+
+    results = run_sweep(runs, tmp_path / "out")
+    by_name = {result.name: result for result in results}
+    assert by_name["toy--three"].status == "ok"
+    assert by_name["toy--three"].summary == {"best_map": 30.0}  # the override took effect
+    assert (tmp_path / "out" / "toy--three" / "toy.ipynb").is_file()
+    assert by_name["toy--broken"].status == "failed"
+    assert "asked to fail" in by_name["toy--broken"].error
+
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [entry["status"] for entry in report] == ["ok", "failed"]
+    table = (tmp_path / "out" / "report.md").read_text()
+    assert "| toy--three | ok | 30.00 |" in table
+    assert "asked to fail" in table
+
+
+def test_bad_grid_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("parameter_sets: {}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml"):
+        load_grid(bad, tmp_path)
+    missing_notebook = tmp_path / "missing.yaml"
+    missing_notebook.write_text("notebooks: [nowhere]\n")
+    with pytest.raises(ConfigError, match="nowhere"):
+        load_grid(missing_notebook, tmp_path)
