@@ -8,6 +8,9 @@ from mlcl.methods.registry import build_method, get_method_class, method_names, 
 
 # Registration happens on import; keep this list in reading order of the book.
 from mlcl.methods import baseline  # noqa: F401  isort: skip
+from mlcl.methods import q2l  # noqa: F401  isort: skip
+from mlcl.methods import mulcon  # noqa: F401  isort: skip
+from mlcl.methods import sadcl  # noqa: F401  isort: skip
 from mlcl.methods import salgl  # noqa: F401  isort: skip
 from mlcl.methods import spml  # noqa: F401  isort: skip
 
