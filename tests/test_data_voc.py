@@ -39,7 +39,7 @@ def write_voc(root: Path, year: str = "2007", annotations=ANNOTATIONS) -> Path:
     for image_id, objects in annotations.items():
         (folder / "Annotations" / f"{image_id}.xml").write_text(xml_text(objects))
         Image.new("RGB", (8, 8)).save(folder / "JPEGImages" / f"{image_id}.jpg")
-    for image_set in ("trainval", "test", "val"):
+    for image_set in ("trainval", "train", "test", "val"):
         (folder / "ImageSets" / "Main" / f"{image_set}.txt").write_text("\n".join(annotations))
     return folder
 
@@ -70,6 +70,7 @@ def test_split_mapping():
     assert voc_image_set("2007", "train") == "trainval"
     assert voc_image_set("2007", "val") == "test"
     assert voc_image_set("2012", "val") == "val"  # VOC 2012 test labels are not public
+    assert voc_image_set("2012", "train") == "train"  # trainval would contain val
 
 
 @pytest.mark.parametrize("layout", ["devkit", "year", "itself"])

@@ -8,7 +8,9 @@ Crowd annotations (``iscrowd: 1``, a region of many instances such as a crowd of
 the category being present by default (``include_crowd=True``): the instances are really there.
 This is the usual practice of multi-label work on COCO (Query2Label's loader reads every
 annotation of an image). Images without any annotation are kept as all-negative examples
-(``keep_empty=True``, the usual 82,081 / 40,137 images of COCO 2014) or dropped.
+(``keep_empty=True``: all 82,783 / 40,504 images of COCO 2014 train / val) or dropped
+(``keep_empty=False``: 82,081 / 40,137, the image counts that ML-GCN, Query2Label and most
+multi-label papers report, since their loaders only list images with annotations).
 
 Layouts (``coco_files`` gives the paths):
 

@@ -63,7 +63,7 @@ _LAYOUT = {
     "voc2007": "ROOT/VOCdevkit/VOC2007/{Annotations,ImageSets,JPEGImages}/ "
     "(train = trainval, val = test)",
     "voc2012": "ROOT/VOCdevkit/VOC2012/{Annotations,ImageSets,JPEGImages}/ "
-    "(train = trainval, val = val: the test labels are not public)",
+    "(train = train, val = val: the test labels are not public)",
 }
 
 _TERMS = {

@@ -5,8 +5,10 @@ Read from the devkit layout: ``Annotations/<id>.xml`` (one ``<object>`` per inst
 ``JPEGImages/<id>.jpg``. ``root`` may be that ``VOC2007`` folder itself, or a folder holding
 ``VOC2007/`` or ``VOCdevkit/VOC2007/`` (what the official tars extract to).
 
-Splits follow the multi-label literature: ``train`` is ``trainval``; ``val`` is ``test`` for VOC
-2007 and ``val`` for VOC 2012 (its test labels are not public).
+Splits follow the multi-label literature. VOC 2007: ``train`` is ``trainval`` (5,011 images),
+``val`` is ``test`` (4,952). VOC 2012's test labels are not public, so ``val`` is its ``val``
+(5,823) and ``train`` its ``train`` (5,717), not ``trainval``, which contains ``val`` (the
+single-positive protocol of Cole et al. trains on VOC 2012 ``train`` and tests on ``val`` too).
 
 Objects marked difficult are left out by default: a class whose only instances in an image are
 difficult is not a positive of that image (``use_difficult=True`` counts them). Such classes are
@@ -45,9 +47,10 @@ def voc_dir(root: str | Path, year: str) -> Path:
 
 
 def voc_image_set(year: str, split: str) -> str:
-    """The devkit image set behind a split: train → trainval; val → test (2007) or val (2012)."""
+    """The devkit image set behind a split: 2007: train → trainval, val → test; 2012: train →
+    train, val → val (training on trainval would train on the evaluation images)."""
     if split == "train":
-        return "trainval"
+        return "trainval" if year == "2007" else "train"
     if split == "val":
         return "test" if year == "2007" else "val"
     raise ValueError(f"split must be 'train' or 'val', got {split!r}")
