@@ -16,6 +16,8 @@ help:  ## list the targets
 setup: $(STAMP)  ## create .venv and install mlcl with the book and test tools
 
 $(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "mlcl needs Python 3.10 or newer: run make PYTHON=python3.11 ..."; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
@@ -39,11 +41,13 @@ format: setup  ## ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format mlcl tests
 
-data: setup  ## write the built-in synthetic data set to data/synthetic
+data: data/synthetic/mlcl_synthetic.json  ## write the built-in synthetic data set to data/synthetic
+
+data/synthetic/mlcl_synthetic.json: | $(STAMP)
 	$(VENV)/bin/mlcl data synth --out data/synthetic
 
 clean:  ## remove the built book, caches and run directories
-	rm -rf _build .pytest_cache .ruff_cache runs
+	rm -rf _build .pytest_cache .ruff_cache runs notebooks/runs
 
 clean-all: clean  ## also remove .venv and the generated data
 	rm -rf $(VENV) data
