@@ -147,7 +147,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
 def test_ensure_synthetic_generates_once_in_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MLCL_DATA_DIR", str(tmp_path))
     root = ensure_synthetic(num_train=5, num_val=3, image_size=32, seed=1)
-    assert root == tmp_path / "synthetic-5-3-32px-seed1"
+    assert root == tmp_path / f"synthetic-v{synthetic.GENERATOR_VERSION}-5-3-32px-seed1"
     marker = root / synthetic.MARKER_FILE
     stamp = marker.stat().st_mtime_ns
     assert ensure_synthetic(num_train=5, num_val=3, image_size=32, seed=1) == root

@@ -46,7 +46,7 @@ from PIL import Image, ImageDraw
 
 from mlcl.errors import DataError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump when the drawing changes: cached sets of other versions are not reused
 MARKER_FILE = "mlcl_synthetic.json"
 SPLITS = ("train", "val")
 
@@ -233,15 +233,16 @@ def ensure_synthetic(
 ) -> Path:
     """The root of the built-in data set, generated with these parameters first if absent.
 
-    ``root=""`` means ``default_root() / "synthetic-<num_train>-<num_val>-<image_size>px-seed<seed>"``,
-    one folder per parameter set. An explicit ``root`` that already holds a data set (both
+    ``root=""`` means ``default_root() / "synthetic-v<version>-<num_train>-<num_val>-<image_size>px-seed<seed>"``,
+    one folder per generator version and parameter set. An explicit ``root`` that already holds a data set (both
     annotation files) is used as it is, whatever parameters made it (``mlcl data synth`` writes
     one).
     """
     if root:
         path = Path(root)
     else:
-        path = default_root() / f"synthetic-{num_train}-{num_val}-{image_size}px-seed{seed}"
+        name = f"synthetic-v{GENERATOR_VERSION}-{num_train}-{num_val}-{image_size}px-seed{seed}"
+        path = default_root() / name
     if not is_complete(path):
         generate(path, num_train, num_val, image_size, seed)
     return path
