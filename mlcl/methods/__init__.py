@@ -13,6 +13,7 @@ from mlcl.methods import mulcon  # noqa: F401  isort: skip
 from mlcl.methods import sadcl  # noqa: F401  isort: skip
 from mlcl.methods import salgl  # noqa: F401  isort: skip
 from mlcl.methods import spml  # noqa: F401  isort: skip
+from mlcl.methods import scob  # noqa: F401  isort: skip
 
 __all__ = [
     "Batch",
