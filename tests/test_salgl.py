@@ -305,8 +305,9 @@ def _image_batch(size: int = 6, seed: int = 0):
     }
 
 
-def test_forward_logs_every_term_and_inference_returns_scene_distributions():
-    method = _tiny_method()
+@pytest.mark.parametrize("feature_dim", [0, 32])  # the backbone's 96 channels, or projected
+def test_forward_logs_every_term_and_inference_returns_scene_distributions(feature_dim):
+    method = _tiny_method(**{"method.feature_dim": feature_dim})
     batch = _image_batch()
     outputs = method(batch)
     for name in ("loss", "asl", "sample_entropy", "batch_entropy"):
@@ -359,6 +360,16 @@ def test_a_few_steps_on_a_tiny_batch_reduce_the_loss():
         method.after_step(batch, outputs)
         losses.append(outputs["loss"].item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_presets_load_and_the_quick_one_has_a_scene_per_true_scene():
+    from mlcl.data.synthetic import SCENES
+
+    assert load_config("salgl-quick").method.num_scenes == len(SCENES)
+    coco, nuswide = load_config("salgl-coco"), load_config("salgl-nuswide")
+    assert coco.method.num_scenes == 6 and coco.model.backbone == "resnet101"
+    assert (coco.method.gamma_neg, coco.method.clip) == (2.0, 0.0)
+    assert nuswide.data.dataset == "nuswide" and nuswide.method == coco.method
 
 
 # ----------------------------------------------------------------- two processes

@@ -56,6 +56,7 @@ class SALGLOptions(ClassificationLossOptions):
     sample_entropy_weight: float = 1.0
     batch_entropy_weight: float = 1.0
     batch_entropy_scale: float = 100.0  # the reference multiplies log K − H(q̄) by 100
+    feature_dim: int = 0  # 0: the backbone's channels (SALGL); > 0: 1 × 1 projection (CPU runs)
     embedding_dim: int = 300  # learned label embeddings (GloVe's size; no word vectors offline)
     attention_dim: int = 1024
     graph_steps: int = 3  # GGNN steps T
@@ -84,6 +85,7 @@ class SALGL(Method):
             backbone,
             num_classes,
             num_scenes=options.num_scenes,
+            feature_dim=options.feature_dim,
             embedding_dim=options.embedding_dim,
             attention_dim=options.attention_dim,
             graph_steps=options.graph_steps,

@@ -131,6 +131,9 @@ class SceneGraphModel(nn.Module):
 
     Args:
         backbone: a :class:`~mlcl.models.Backbone`; its last map ``[B, F, h, w]`` is used.
+        feature_dim: project the map to this many channels first (a 1 × 1 convolution) and work
+            at that size throughout; 0 keeps the backbone's ``F`` (SALGL: 2048 for ResNet-101).
+            The graph network costs ``O(C · F²)`` per image, so small CPU runs project.
         num_classes: ``C``.
         num_scenes: ``K`` (SALGL on COCO: 6).
         embedding_dim: size of the learned label embeddings (the reference code can also read
@@ -150,6 +153,7 @@ class SceneGraphModel(nn.Module):
         backbone: Backbone,
         num_classes: int,
         num_scenes: int = 6,
+        feature_dim: int = 0,
         embedding_dim: int = 300,
         attention_dim: int = 1024,
         graph_steps: int = 3,
@@ -163,8 +167,11 @@ class SceneGraphModel(nn.Module):
         position_encoding: bool = False,
     ) -> None:
         super().__init__()
-        dim = backbone.num_features
+        dim = feature_dim or backbone.num_features
         self.backbone = backbone
+        self.input_projection: nn.Module = nn.Identity()
+        if feature_dim:
+            self.input_projection = nn.Conv2d(backbone.num_features, feature_dim, kernel_size=1)
         self.num_scenes = num_scenes
         self.soft = soft
         self.position_encoding = position_encoding
@@ -186,7 +193,7 @@ class SceneGraphModel(nn.Module):
         """Images ``[B, 3, H, W]`` → ``logits`` ``[B, C]``, ``scene_logits`` / ``scene_probs``
         ``[B, K]``, ``label_graph`` ``[B, C, C]`` (the graph each image used) and ``attention``
         ``[B, C, h, w]`` (where each label looked)."""
-        feature_map = self.backbone(images)[-1]  # [B, F, h, w]
+        feature_map = self.input_projection(self.backbone(images)[-1])  # [B, F, h, w]
         height, width = feature_map.shape[-2:]
         tokens = feature_map.flatten(2).transpose(1, 2)  # [B, N, F]
         if self.position_encoding:
