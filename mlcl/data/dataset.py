@@ -15,6 +15,7 @@ rest: it decodes images, applies the transform, and keeps two views of the label
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ class MultiLabelDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    @property
+    @cached_property  # image_info does not change once loaded
     def scene_ids(self) -> torch.Tensor | None:
         """``[N]`` long scene id of every image when every image records one, else ``None``."""
         if not self.image_info or any("scene" not in info for info in self.image_info):
