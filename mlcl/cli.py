@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 4 -m mlcl.cli train --config baseline-coco --set data.root=/data/coco
     mlcl evaluate --checkpoint runs/baseline-quick/checkpoint_best.pt [--ema] [--out metrics.json]
     mlcl presets
-    mlcl data ...            (the data commands of mlcl.data.cli)
+    mlcl data synth | check | download     (mlcl.data.cli)
 
 An error made on purpose (a bad key, a missing file) prints one line, ``mlcl: error: ...``, and
 exits with status 1; ``--debug`` shows the traceback instead.
@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mlcl.data.cli import add_data_commands
 from mlcl.errors import MlclError
 
 MAIN_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     presets = commands.add_parser("presets", help="list the shipped configuration presets")
     presets.set_defaults(func=_presets)
 
-    _add_data_commands(commands)
+    add_data_commands(commands)  # mlcl data synth | check | download
 
     bench = commands.add_parser(
         "bench", help="training images/s, peak memory, FLOPs and MFU of a preset"
@@ -220,17 +221,6 @@ def _add_set_argument(parser: argparse.ArgumentParser, example: str = "") -> Non
         metavar="KEY=VALUE",
         help="override configuration keys, e.g. run.epochs=2 optim.lr=1e-4 " + example,
     )
-
-
-def _add_data_commands(commands: argparse._SubParsersAction) -> None:
-    """Mount ``mlcl data ...`` from :mod:`mlcl.data.cli` when that module is present."""
-    try:
-        from mlcl.data.cli import add_data_commands
-    except ModuleNotFoundError as err:
-        if err.name != "mlcl.data.cli":
-            raise
-        return
-    add_data_commands(commands)
 
 
 if __name__ == "__main__":

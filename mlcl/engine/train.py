@@ -46,7 +46,7 @@ from mlcl.engine.distributed import DistributedContext, cleanup_distributed, set
 from mlcl.engine.evaluate import collect_outputs, compute_metrics
 from mlcl.engine.loaders import build_datasets, build_loaders, seed_epoch, seed_everything
 from mlcl.engine.optim import autocast_dtype, build_grad_scaler, build_optimizers, build_scheduler
-from mlcl.engine.run_dir import RunDir, environment_info, log, peak_memory_mb
+from mlcl.engine.run_dir import RunDir, environment_info, log, peak_memory_mb, read_metrics
 from mlcl.errors import CheckpointError, ConfigError, MlclError
 from mlcl.methods import Method, build_method
 
@@ -145,6 +145,8 @@ def build_training(
     if run.channels_last:
         method.to(memory_format=torch.channels_last)
     if context.distributed and run.sync_bn:
+        if context.device.type != "cuda":
+            raise ConfigError("run.sync_bn: PyTorch's SyncBatchNorm runs on GPUs only")
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     amp_dtype = autocast_dtype(run.amp, context.device)
     ema = None
@@ -207,7 +209,8 @@ def train_epochs(
     log(_describe(training, train_loader, run_dir), main)
     started = time.perf_counter()
     train_seconds, train_images, stopped = 0.0, 0, "completed"
-    record: dict[str, Any] = {}
+    records = read_metrics(run_dir.path) if main else []
+    record: dict[str, Any] = records[-1] if records else {}  # a resumed, finished run
     while state.epoch < run.epochs and not _reached_max_steps(training):
         epoch = state.epoch
         seed_epoch(train_loader, run.seed, epoch, context.rank, state.step_in_epoch)
