@@ -97,6 +97,9 @@ def test_synth_command_writes_a_data_set(tmp_path, capsys):
                "--image-size", "32", "--seed", "5")  # fmt: skip
     assert code == 0 and "wrote 5 images" in capsys.readouterr().out
     assert len(build_dataset("synthetic", out, "train")) == 3
+    assert run("data", "synth", "--out", str(tmp_path / "tiny"), "--image-size", "16") == 2
+    assert "image_size >= 32" in capsys.readouterr().out
+    assert not (tmp_path / "tiny").exists()
 
 
 def test_download_instructions(capsys):

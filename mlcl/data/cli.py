@@ -49,7 +49,13 @@ def synth_command(args: argparse.Namespace) -> int:
     from mlcl.data.synthetic import generate
 
     start = time.perf_counter()
-    out = generate(args.out, args.num_train, args.num_val, args.image_size, args.seed, args.workers)
+    try:
+        out = generate(
+            args.out, args.num_train, args.num_val, args.image_size, args.seed, args.workers
+        )
+    except ValueError as err:
+        print(f"mlcl data synth: {err}")
+        return 2
     seconds = time.perf_counter() - start
     count = args.num_train + args.num_val
     print(f"wrote {count} images to {out} in {seconds:.1f} s ({count / seconds:.0f} images/s)")

@@ -233,10 +233,10 @@ def ensure_synthetic(
 ) -> Path:
     """The root of the built-in data set, generated with these parameters first if absent.
 
-    ``root=""`` means ``default_root() / "synthetic-v<version>-<num_train>-<num_val>-<image_size>px-seed<seed>"``,
-    one folder per generator version and parameter set. An explicit ``root`` that already holds a data set (both
-    annotation files) is used as it is, whatever parameters made it (``mlcl data synth`` writes
-    one).
+    ``root=""`` means a folder of ``default_root()`` named by the generator version and the
+    parameters (``synthetic-v2-2000-500-128px-seed0``). An explicit ``root`` that already holds
+    a data set (both annotation files) is used as it is, whatever parameters made it (``mlcl
+    data synth`` writes one).
     """
     if root:
         path = Path(root)
@@ -244,7 +244,11 @@ def ensure_synthetic(
         name = f"synthetic-v{GENERATOR_VERSION}-{num_train}-{num_val}-{image_size}px-seed{seed}"
         path = default_root() / name
     if not is_complete(path):
-        generate(path, num_train, num_val, image_size, seed)
+        try:
+            generate(path, num_train, num_val, image_size, seed)
+        except DataError:
+            if not is_complete(path):  # unless another process has just written it
+                raise
     return path
 
 
