@@ -75,20 +75,24 @@ def build_split(config: Config, split: str, root: str, train: bool | None = None
 
 
 class EpochSampler(DistributedSampler):
-    """``DistributedSampler`` that can also start an epoch part-way through (resuming from a
-    mid-epoch checkpoint): ``skip`` drops that many of this process's first indices."""
+    """``DistributedSampler`` whose epoch can start part-way (``skip``: resuming from a
+    mid-epoch checkpoint) and end early (``limit``: the last epoch of a ``run.max_steps`` run).
+    The loader then runs out of batches by itself, which lets its workers shut down cleanly."""
 
     def __init__(self, dataset: Dataset, context: DistributedContext, seed: int) -> None:
         super().__init__(
             dataset, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=seed
         )
         self.skip = 0
+        self.limit: int | None = None
 
     def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.skip, None)
+        stop = None if self.limit is None else self.skip + self.limit
+        return itertools.islice(super().__iter__(), self.skip, stop)
 
     def __len__(self) -> int:
-        return super().__len__() - self.skip
+        remaining = super().__len__() - self.skip
+        return remaining if self.limit is None else min(remaining, self.limit)
 
 
 def build_loaders(
@@ -137,12 +141,21 @@ def build_eval_loader(
     )
 
 
-def seed_epoch(loader: DataLoader, seed: int, epoch: int, rank: int, skip_batches: int = 0) -> None:
+def seed_epoch(
+    loader: DataLoader,
+    seed: int,
+    epoch: int,
+    rank: int,
+    skip_batches: int = 0,
+    max_batches: int | None = None,
+) -> None:
     """Make epoch ``epoch`` of ``loader`` depend only on ``(seed, epoch, rank)``: its order, its
-    workers' seeds and the global generators (augmentations in the main process, dropout)."""
+    workers' seeds and the global generators (augmentations in the main process, dropout).
+    ``skip_batches`` / ``max_batches`` start the epoch later / end it sooner."""
     sampler = loader.sampler
     sampler.set_epoch(epoch)
     sampler.skip = skip_batches * loader.batch_size
+    sampler.limit = None if max_batches is None else max_batches * loader.batch_size
     epoch_seed = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
     loader.generator.manual_seed(epoch_seed)
     seed_everything(epoch_seed)

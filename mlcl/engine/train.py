@@ -10,6 +10,11 @@ then the learning-rate schedules step, the EMA copy follows the weights and the 
 state (``method.after_step``, no gradients). An iteration whose loss is not finite changes nothing
 (no optimiser step); after ``run.max_bad_steps`` of them in a row the run stops with an error and
 ``checkpoint_last.pt`` keeps the last good state.
+
+Under DDP each process takes ``data.batch_size`` images and the gradients are averaged over
+processes: a loss averaged over its batch gives the gradient of the global batch, a loss summed
+over it (ASL's ``reduction="sum"``, as in its code) the average per-process batch's, as in the
+papers' multi-GPU runs.
 """
 
 from __future__ import annotations
@@ -213,7 +218,8 @@ def train_epochs(
     record: dict[str, Any] = records[-1] if records else {}  # a resumed, finished run
     while state.epoch < run.epochs and not _reached_max_steps(training):
         epoch = state.epoch
-        seed_epoch(train_loader, run.seed, epoch, context.rank, state.step_in_epoch)
+        remaining = run.max_steps - state.global_step if run.max_steps else None
+        seed_epoch(train_loader, run.seed, epoch, context.rank, state.step_in_epoch, remaining)
         if training.resumed_rng is not None and main:
             set_rng_state(training.resumed_rng)  # mid-epoch: continue the saved random streams
         training.resumed_rng = None
@@ -290,8 +296,6 @@ def train_one_epoch(
         at_checkpoint = run.checkpoint_every and state.global_step % run.checkpoint_every == 0
         if at_checkpoint and run.checkpoint and context.is_main:
             save_checkpoint(checkpoint_state(training), run_dir.last_checkpoint)
-        if _reached_max_steps(training):
-            break
     bar.close()
     seconds = time.perf_counter() - started
     stats: dict[str, Any] = {}
