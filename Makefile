@@ -31,7 +31,7 @@ book: setup  ## execute the chapters on the built-in data and build the HTML int
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 
 chapter: setup  ## execute one chapter in place, e.g. make chapter NB=notebooks/02_baseline.ipynb
-	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace $(NB)
+	$(VENV)/bin/jupyter execute --inplace $(NB)
 
 lint: setup  ## ruff
 	$(VENV)/bin/ruff check .
