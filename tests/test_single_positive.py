@@ -217,6 +217,9 @@ def test_pseudo_label_quality_counts_against_the_hidden_labels():
     assert quality["precision"] == pytest.approx(100.0)
     assert quality["recall"] == pytest.approx(100 * 4 / 6)
     assert quality["hidden_recall"] == pytest.approx(100 / 3)
+    # Ranking the 9 unobserved entries: one hidden positive alone on top, then a tie of 8 holding
+    # the other 2: AP = 1/3 · 1 + 2/3 · 3/9.
+    assert quality["hidden_ap"] == pytest.approx(100 * (1 / 3 + 2 / 9))
     assert quality["positives_per_image"] == pytest.approx(4 / 3)
 
 

@@ -49,6 +49,7 @@ from mlcl.losses.single_positive import (
 from mlcl.methods.base import Batch, MethodOptions, split_weight_decay
 from mlcl.methods.baseline import Baseline
 from mlcl.methods.registry import register_method
+from mlcl.metrics import average_precision
 
 # Observed positives' estimate (Cole et al. 2021; Scob): σ(logit) = 0.995.
 OBSERVED_POSITIVE_PROBABILITY = 0.995
@@ -125,20 +126,26 @@ def pseudo_label_quality(
     ``full_labels``: the truth). An estimate counts as a label where ``σ(logit) ≥ threshold``
     (observed positives always do). Returns percentages: ``precision``, ``recall``,
     ``hidden_recall`` (the share of the *unobserved* true positives found: the observed one is
-    given, so recall alone flatters) and ``positives_per_image``.
+    given, so recall alone flatters), ``hidden_ap`` (the average precision of the estimates as one
+    ranking of all unobserved entries, hidden positives against true negatives: threshold-free;
+    chance is the share of hidden positives among them) and ``positives_per_image``.
     """
     estimator = getattr(method_or_estimator, "label_estimator", method_or_estimator)
     if not isinstance(estimator, LabelEstimator):
         raise TypeError(f"{type(method_or_estimator).__name__} has no label estimator")
     observed = torch.as_tensor(dataset.labels).cpu() > 0.5
     truth = torch.as_tensor(dataset.full_labels).bool().cpu()
-    predicted = (estimator.probabilities().cpu() >= threshold) | observed
+    estimates = estimator.probabilities().cpu()
+    predicted = (estimates >= threshold) | observed
     true_positives = (predicted & truth).sum().item()
     hidden = truth & ~observed
+    unobserved = ~observed
+    ranking_ap = average_precision(estimates[unobserved][:, None], hidden[unobserved][:, None])
     return {
         "precision": 100.0 * true_positives / max(predicted.sum().item(), 1),
         "recall": 100.0 * true_positives / max(truth.sum().item(), 1),
         "hidden_recall": 100.0 * (predicted & hidden).sum().item() / max(hidden.sum().item(), 1),
+        "hidden_ap": 100.0 * float(ranking_ap[0]),
         "positives_per_image": predicted.sum().item() / max(len(predicted), 1),
     }
 
