@@ -7,7 +7,8 @@ A grid is a YAML file (or the name of one shipped in ``mlcl/sweeps/``)::
       short: {epochs: 1}
       long: {epochs: 20, device: cuda}
 
-Every (notebook, parameter set) pair is one run, executed into its own directory
+``notebooks`` may also map each chapter to parameters of its own (its preset, say), which apply
+on top of every set's. Every (notebook, parameter set) pair is one run, executed into its own directory
 ``OUT/<notebook>--<set>/`` with the executed notebook beside what the chapter writes there (the
 run's ``out_dir`` parameter points at it: ``summary.json``, ``metrics.jsonl``, checkpoints). A cell
 that fails fails that run, not the sweep: the sweep goes on and its report (``report.json`` and
@@ -65,19 +66,23 @@ def load_grid(grid: str | Path, notebooks_dir: str | Path = "notebooks") -> list
     raw = yaml.safe_load(path.read_text()) or {}
     notebooks = raw.get("notebooks")
     parameter_sets = raw.get("parameter_sets", {"default": {}})
-    if not isinstance(notebooks, list) or not notebooks:
-        raise ConfigError(f"{path}: 'notebooks' must be a non-empty list of chapter names")
+    if isinstance(notebooks, list):
+        notebooks = {name: {} for name in notebooks}
+    if not isinstance(notebooks, dict) or not notebooks:
+        raise ConfigError(
+            f"{path}: 'notebooks' must list chapter names (or map them to parameters)"
+        )
     if not isinstance(parameter_sets, dict) or not all(
         isinstance(v, dict) for v in parameter_sets.values()
     ):
         raise ConfigError(f"{path}: 'parameter_sets' must map names to parameter mappings")
     runs = []
-    for name in notebooks:
+    for name, own_parameters in notebooks.items():
         notebook = Path(notebooks_dir) / f"{Path(str(name)).stem}.ipynb"
         if not notebook.is_file():
             raise ConfigError(f"{path}: notebook {notebook} not found")
         for set_name, parameters in parameter_sets.items():
-            runs.append(SweepRun(notebook, str(set_name), dict(parameters)))
+            runs.append(SweepRun(notebook, str(set_name), {**parameters, **(own_parameters or {})}))
     return runs
 
 

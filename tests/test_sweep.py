@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -69,3 +70,20 @@ def test_bad_grid_names_the_file(tmp_path):
     missing_notebook.write_text("notebooks: [nowhere]\n")
     with pytest.raises(ConfigError, match="nowhere"):
         load_grid(missing_notebook, tmp_path)
+
+
+def test_per_notebook_parameters_apply_on_top_of_the_set(grid, tmp_path):
+    _, notebooks = grid
+    grid_file = tmp_path / "mapped.yaml"
+    grid_file.write_text(
+        "notebooks: {toy: {epochs: 5}}\nparameter_sets: {a: {epochs: 1, fail: false}}\n"
+    )
+    (run,) = load_grid(grid_file, notebooks)
+    assert run.parameters == {"epochs": 5, "fail": False}
+
+
+@pytest.mark.parametrize("name", ["quick", "coco"])
+def test_shipped_grids_name_existing_chapters(name):
+    runs = load_grid(name, Path(__file__).resolve().parent.parent / "notebooks")
+    assert runs, name
+    assert all(run.notebook.is_file() for run in runs)
