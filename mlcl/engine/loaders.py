@@ -1,10 +1,13 @@
 """Data sets and loaders for training, and the seeding that makes a run reproducible.
 
 The order of the training images depends only on ``(run.seed, epoch)``: the sampler is a
-``DistributedSampler`` (also in a single process) whose permutation is drawn from that pair, and
-the random numbers of augmentations (in the main process or in loader workers) come from
-generators re-seeded from ``(run.seed, epoch, rank)`` at the start of every epoch. A run resumed
-from an epoch boundary therefore sees exactly the batches an uninterrupted run sees.
+``DistributedSampler`` (also in a single process) whose permutation is drawn from that pair. The
+augmentation of an image depends only on ``(run.seed, epoch, index)``: the sampler hands out
+``(epoch, index)`` pairs and :class:`SeededItems` draws each image's random numbers from a
+generator seeded with them, whichever loader worker reads it. The global generators (dropout)
+are re-seeded from ``(run.seed, epoch, rank)`` at the start of every epoch. A resumed run
+therefore sees exactly the batches an uninterrupted run sees, with any number of workers, and the
+workers can live from one epoch to the next (``persistent_workers``).
 """
 
 from __future__ import annotations
@@ -75,9 +78,9 @@ def build_split(config: Config, split: str, root: str, train: bool | None = None
 
 
 class EpochSampler(DistributedSampler):
-    """``DistributedSampler`` whose epoch can start part-way (``skip``: resuming from a
-    mid-epoch checkpoint) and end early (``limit``: the last epoch of a ``run.max_steps`` run).
-    The loader then runs out of batches by itself, which lets its workers shut down cleanly."""
+    """``DistributedSampler`` that yields ``(epoch, index)`` pairs (for :class:`SeededItems`) and
+    whose epoch can start part-way (``skip``: resuming from a mid-epoch checkpoint) and end early
+    (``limit``: the last epoch of a ``run.max_steps`` run)."""
 
     def __init__(self, dataset: Dataset, context: DistributedContext, seed: int) -> None:
         super().__init__(
@@ -86,13 +89,37 @@ class EpochSampler(DistributedSampler):
         self.skip = 0
         self.limit: int | None = None
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         stop = None if self.limit is None else self.skip + self.limit
-        return itertools.islice(super().__iter__(), self.skip, stop)
+        for index in itertools.islice(super().__iter__(), self.skip, stop):
+            yield self.epoch, index
 
     def __len__(self) -> int:
         remaining = super().__len__() - self.skip
         return remaining if self.limit is None else min(remaining, self.limit)
+
+
+class SeededItems(Dataset):
+    """``dataset[index]`` with random numbers (augmentations) drawn from a generator seeded by
+    ``(seed, epoch, index)``; the global generators are left as they were."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = key
+        item_seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
+        python_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):  # restores torch's CPU generator afterwards
+            torch.manual_seed(item_seed)
+            random.seed(item_seed)
+            item = self.dataset[index]
+        random.setstate(python_state)
+        return item
 
 
 def build_loaders(
@@ -103,29 +130,36 @@ def build_loaders(
     data = config.data
     sampler = EpochSampler(train_dataset, context, config.run.seed)
     train_loader = DataLoader(
-        train_dataset,
+        SeededItems(train_dataset, config.run.seed),
         batch_size=data.batch_size,
         sampler=sampler,
         num_workers=data.workers,
+        persistent_workers=data.workers > 0,  # no new worker processes every epoch
         pin_memory=context.device.type == "cuda",
         drop_last=True,  # a batch of one breaks BatchNorm, and equal batches keep DDP in step
-        generator=torch.Generator(),  # seeds the workers; re-seeded every epoch
+        generator=torch.Generator(),  # the loader's own draws leave the global generator alone
     )
     if len(train_loader) == 0:
         raise ConfigError(
             f"data.batch_size: {data.batch_size} per process is more than the "
             f"{len(sampler)} training images each of the {context.world_size} process(es) gets"
         )
-    return train_loader, build_eval_loader(
-        val_dataset, data.eval_batch_size or data.batch_size, data.workers, context
+    val_loader = build_eval_loader(
+        val_dataset, data.eval_batch_size or data.batch_size, data.workers, context, persistent=True
     )
+    return train_loader, val_loader
 
 
 def build_eval_loader(
-    dataset: Dataset, batch_size: int, workers: int, context: DistributedContext
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    context: DistributedContext,
+    persistent: bool = False,
 ) -> DataLoader:
     """A loader over ``dataset`` in order; under DDP each process reads every world_size-th
-    image (the sampler pads with repeats; evaluation puts results back by ``index``)."""
+    image (the sampler pads with repeats; evaluation puts results back by ``index``).
+    ``persistent`` keeps its workers between passes (evaluation after every epoch)."""
     if context.distributed:
         sampler = DistributedSampler(
             dataset, num_replicas=context.world_size, rank=context.rank, shuffle=False
@@ -137,7 +171,9 @@ def build_eval_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
+        persistent_workers=persistent and workers > 0,
         pin_memory=context.device.type == "cuda",
+        generator=torch.Generator(),  # the loader's own draws leave the global generator alone
     )
 
 
@@ -149,16 +185,14 @@ def seed_epoch(
     skip_batches: int = 0,
     max_batches: int | None = None,
 ) -> None:
-    """Make epoch ``epoch`` of ``loader`` depend only on ``(seed, epoch, rank)``: its order, its
-    workers' seeds and the global generators (augmentations in the main process, dropout).
+    """Make epoch ``epoch`` of ``loader`` depend only on ``(seed, epoch)``: its order and its
+    augmentations, and the global generators (dropout) on ``(seed, epoch, rank)``.
     ``skip_batches`` / ``max_batches`` start the epoch later / end it sooner."""
     sampler = loader.sampler
     sampler.set_epoch(epoch)
     sampler.skip = skip_batches * loader.batch_size
     sampler.limit = None if max_batches is None else max_batches * loader.batch_size
-    epoch_seed = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-    loader.generator.manual_seed(epoch_seed)
-    seed_everything(epoch_seed)
+    seed_everything(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
 
 
 def seed_everything(seed: int) -> None:
