@@ -6,7 +6,12 @@ dataclass, so its keys are typed too). It is read from YAML, overridden with ``k
 strings (the CLI's ``--set``) or a dict (a notebook's parameters), and saved beside every run.
 
 Named presets ship in ``mlcl/presets/*.yaml``: ``load_config("baseline-quick")`` reads one, and a
-path to any YAML file works the same way. A preset may start from another with ``base: NAME``.
+path to any YAML file works the same way. A preset may start from another with ``base: NAME``;
+its first comment line is its description (``mlcl presets``).
+
+Every value is checked against its field's type: an unknown key, a value of the wrong type or a
+choice outside a ``Literal`` raises ``ConfigError`` naming the key. YAML is read with YAML 1.2's
+scalars: ``off`` and ``no`` are strings, ``1e-4`` is a number.
 """
 
 from __future__ import annotations

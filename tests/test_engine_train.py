@@ -137,7 +137,18 @@ def test_run_directory_files(tmp_path):
     }
     records = read_metrics(tmp_path)
     assert [r["epoch"] for r in records] == [0, 1]
-    for key in ("step", "lr", "train_loss", "train_bce", "mAP", "ema_mAP", "mean_logit"):
+    for key in (
+        "step",
+        "lr",
+        "train_loss",
+        "train_bce",
+        "mAP",
+        "ema_mAP",
+        "mean_logit",
+        "train_time_s",
+        "eval_time_s",
+        "images_per_s",
+    ):
         assert key in records[0], key
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["best_map"] == pytest.approx(max(r["mAP"] for r in records))

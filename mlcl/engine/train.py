@@ -227,10 +227,12 @@ def train_epochs(
             method.on_epoch_start(epoch)
         train_stats = train_one_epoch(training, train_loader, run_dir, progress)
         method.on_epoch_end(epoch)
-        train_seconds += train_stats.pop("time_s")
+        train_seconds += train_stats["train_time_s"]
         train_images += train_stats["images"]
 
+        evaluation_started = time.perf_counter()
         metrics = evaluate_epoch(training, val_loader)
+        metrics["eval_time_s"] = time.perf_counter() - evaluation_started
         state.epoch, state.step_in_epoch = epoch + 1, 0
         improved = _update_best(state, metrics, epoch)
         record = {"epoch": epoch, "step": state.global_step, **train_stats, **metrics}
@@ -305,7 +307,11 @@ def train_one_epoch(
         all_reduce_mean(means)  # the mean over every process's batches
         stats = {f"train_{name}": float(mean) for name, mean in zip(names, means)}
     stats |= _learning_rates(training)
-    stats |= {"images": images, "time_s": seconds, "images_per_s": images / max(seconds, 1e-9)}
+    stats |= {
+        "images": images,
+        "train_time_s": seconds,
+        "images_per_s": images / max(seconds, 1e-9),
+    }
     return stats
 
 
