@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -50,6 +50,9 @@ from mlcl.methods.base import Batch, MethodOptions, split_weight_decay
 from mlcl.methods.baseline import Baseline
 from mlcl.methods.registry import register_method
 from mlcl.metrics import average_precision
+
+if TYPE_CHECKING:
+    from mlcl.config import Config
 
 # Observed positives' estimate (Cole et al. 2021; Scob): σ(logit) = 0.995.
 OBSERVED_POSITIVE_PROBABILITY = 0.995
@@ -158,7 +161,8 @@ def estimator_param_group(
     return {"params": [estimator.logits], "lr": lr, "betas": (0.0, betas[1]), "weight_decay": 0.0}
 
 
-def check_schedule_for_estimator(config) -> None:
+def check_schedule_for_estimator(config: Config) -> None:
+    """Refuse a schedule that would give the estimator's AdamW group momentum."""
     if config.optim.schedule == "onecycle":
         raise ConfigError(
             "optim.schedule: onecycle cycles AdamW's β1 in every parameter group, which would give "
