@@ -73,7 +73,7 @@ class ScobOptions(MethodOptions):
     momentum: float = 0.999
     temperature: float = 1.0
     contrastive_weight: float = 0.1
-    hard_correlation: bool = False  # the code's setting: R < 1 counts as 0
+    hard_correlation: bool = False  # true in the code: R < 1 counts as 0 (own class off only)
     bank_size: int = 2  # confident object features kept per class
     negatives_per_class: int = 1  # of which the most confident are the negatives
     cam_threshold: float = 0.5
