@@ -509,9 +509,10 @@ def _describe(training: Training, loader: DataLoader, run_dir: RunDir) -> str:
     config, context = training.config, training.context
     dataset = loader.dataset
     precision = str(training.amp_dtype).removeprefix("torch.") if training.amp_dtype else "float32"
+    limit = f" (at most {config.run.max_steps} steps)" if config.run.max_steps else ""
     return (
         f"{training.method.name}: {len(dataset)} training images, {len(training.class_names)} "
-        f"classes; {config.run.epochs} epochs of {len(loader)} steps, batch "
+        f"classes; {config.run.epochs} epochs of {len(loader)} steps{limit}, batch "
         f"{config.data.batch_size} x {context.world_size} process(es) on {context.device} "
         f"({precision}) -> {run_dir.path}"
     )
