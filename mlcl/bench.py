@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mlcl.config import Config
+from mlcl.config import Config, with_overrides
 from mlcl.engine.distributed import setup_distributed
 from mlcl.engine.run_dir import environment_info, peak_memory_mb
 from mlcl.engine.train import build_training, training_step
@@ -81,7 +81,11 @@ def measure_train_step(
     device = context.device
     batch_size, image_size = config.data.batch_size, config.data.image_size
     shape = _Shape(num_classes, num_images=batch_size * 16)
-    training = build_training(config, context, shape, shape, steps_per_epoch=steps)
+    # Plan the learning-rate schedule for every step taken here (OneCycle refuses to go past its
+    # planned total): one epoch that holds the warm-up, the timed repeats and the FLOP count.
+    config = with_overrides(config, {"run.epochs": 1, "run.max_steps": 0})
+    total_steps = warmup + repeats * steps + 1
+    training = build_training(config, context, shape, shape, steps_per_epoch=total_steps)
     batch = synthetic_batch(batch_size, image_size, num_classes, device, config.run.channels_last)
     training.model.train()
 
