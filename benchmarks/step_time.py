@@ -5,7 +5,7 @@ Markdown). Every method gets the same backbone, image size and batch (the ``*-qu
 models: ResNet-18 at stride 16, 96 px, batch 32, 24 classes); one step is forward, backward,
 AdamW step and ``after_step``, on a fixed random batch with about three positives per image.
 The methods are timed in interleaved rounds, so a change in the machine's load hits all alike;
-the median over rounds is reported.
+the median over rounds is reported, as wall-clock time and as the process's CPU time.
 
 The losses' share is measured apart: forward and backward of everything after the network's
 label-level features / logits (classification loss; MulCon's projector and contrastive loss;
@@ -16,6 +16,8 @@ same formula on the dense ``V·B·C`` square matrix (what the reference code bui
 COCO size (B = 32, C = 80, d = 1024).
 
     .venv/bin/python benchmarks/step_time.py --out benchmarks/step_time_cpu.md
+    .venv/bin/python benchmarks/step_time.py --threads 1 --sscl-batches --no-header \
+        --append --out benchmarks/step_time_cpu.md
 """
 
 from __future__ import annotations
@@ -112,16 +114,18 @@ def time_methods(args: argparse.Namespace) -> list[dict]:
     batch = random_batch(args.batch_size, args.image_size, num_classes)
     built = {name: build(name, args, num_classes) for name in args.methods}
     step_times = {name: [] for name in args.methods}
+    cpu_times = {name: [] for name in args.methods}
     loss_times = {name: [] for name in args.methods}
     for method, optimizer in built.values():
         for _ in range(args.warmup):
             train_step(method, optimizer, batch)
     for _ in range(args.rounds):
         for name, (method, optimizer) in built.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 train_step(method, optimizer, batch)
             step_times[name].append((time.perf_counter() - start) / args.steps)
+            cpu_times[name].append((time.process_time() - cpu_start) / args.steps)
             with torch.no_grad():
                 outputs = network_outputs(method, batch)
             start = time.perf_counter()
@@ -136,6 +140,7 @@ def time_methods(args: argparse.Namespace) -> list[dict]:
             {
                 "method": name,
                 "step_ms": 1e3 * step,
+                "cpu_ms": 1e3 * statistics.median(cpu_times[name]),
                 "images_per_s": args.batch_size / step,
                 "loss_ms": 1e3 * loss,
                 "loss_share": loss / step,
@@ -184,8 +189,10 @@ def time_sscl(batch_size: int, repeats: int) -> dict:
 
 
 def markdown(rows: list[dict], sscl_rows: list[dict], args: argparse.Namespace) -> str:
+    title = [] if args.no_header else ["# Training step time on the CPU", ""]
     lines = [
-        "# Training step time on the CPU",
+        *title,
+        f"## {torch.get_num_threads()} torch thread(s)",
         "",
         f"`{' '.join(args.command)}`",
         "",
@@ -196,16 +203,21 @@ def markdown(rows: list[dict], sscl_rows: list[dict], args: argparse.Namespace) 
         f"- backbone {args.backbone} (output stride {args.output_stride}), {args.image_size} px, "
         f"batch {args.batch_size}, {args.num_classes} classes, float32; the *-quick presets' "
         f"heads; median of {args.rounds} interleaved rounds of {args.steps} steps",
+        "- CPU time: the process's CPU seconds per step over all its threads; on a shared "
+        "machine it depends less on waiting for a core than the wall-clock step does",
         "",
-        "| method | step (ms) | images/s | vs baseline | losses (ms) | losses' share |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| method | step (ms) | images/s | vs baseline | CPU time (ms) | CPU vs baseline "
+        "| losses (ms) | losses' share |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    baseline = next((row["step_ms"] for row in rows if row["method"] == "baseline"), None)
+    base = next((row for row in rows if row["method"] == "baseline"), None)
     for row in rows:
-        ratio = f"{row['step_ms'] / baseline:.2f}x" if baseline else "-"
+        ratio = f"{row['step_ms'] / base['step_ms']:.2f}x" if base else "-"
+        cpu_ratio = f"{row['cpu_ms'] / base['cpu_ms']:.2f}x" if base else "-"
         lines.append(
             f"| {row['method']} | {row['step_ms']:.0f} | {row['images_per_s']:.1f} | {ratio} | "
-            f"{row['loss_ms']:.1f} | {100 * row['loss_share']:.1f} % |"
+            f"{row['cpu_ms']:.0f} | {cpu_ratio} | {row['loss_ms']:.1f} | "
+            f"{100 * row['loss_share']:.1f} % |"
         )
     if sscl_rows:
         lines += [
@@ -236,15 +248,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sscl-batches", type=int, nargs="*", default=[16, 32])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--no-header", action="store_true", help="omit the title (appending)")
     parser.add_argument("--out", default="")
+    parser.add_argument("--append", action="store_true", help="append to --out")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.command = ["python", "benchmarks/step_time.py", *sys.argv[1:]]
     rows = time_methods(args)
     sscl_rows = [time_sscl(batch, repeats=3) for batch in args.sscl_batches]
     text = markdown(rows, sscl_rows, args)
     print(text)
     if args.out:
-        with open(args.out, "w") as file:
+        with open(args.out, "a" if args.append else "w") as file:
             file.write(text)
 
 
