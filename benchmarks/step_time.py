@@ -189,7 +189,7 @@ def time_sscl(batch_size: int, repeats: int) -> dict:
 
 
 def markdown(rows: list[dict], sscl_rows: list[dict], args: argparse.Namespace) -> str:
-    title = [] if args.no_header else ["# Training step time on the CPU", ""]
+    title = [""] if args.no_header else ["# Training step time on the CPU", ""]
     lines = [
         *title,
         f"## {torch.get_num_threads()} torch thread(s)",
