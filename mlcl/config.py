@@ -205,6 +205,17 @@ def with_overrides(config: Config, overrides: list[str] | dict[str, Any]) -> Con
     return from_dict(raw)
 
 
+def for_restoring(config: Config) -> Config:
+    """A copy of ``config`` without what only starts a fresh run: pre-trained weights and the
+    method's ``start_only`` fields (a stage-1 checkpoint, prototypes). A run's own checkpoint
+    holds all of that already, and the files they name may have moved since it was written."""
+    restored = from_dict(config.to_dict())
+    restored.model.pretrained, restored.model.pretrained_file = False, ""
+    for name in type(restored.method).start_only:
+        setattr(restored.method, name, "")
+    return restored
+
+
 # --------------------------------------------------------------------------- helpers
 
 

@@ -241,3 +241,41 @@ def test_sadcl_trains_with_the_engine_and_resumes_its_state(tmp_path):
     checkpoint = load_checkpoint(tmp_path / "checkpoint_last.pt")
     assert checkpoint["model"]["prototype_ready"].any()
     assert checkpoint["model"]["memory"].shape == (6, NUM_CLASSES, 32)
+
+
+def test_a_stage_two_run_loads_and_resumes_after_its_stage_one_files_are_gone(tmp_path):
+    from mlcl.engine import load_method
+
+    stage_one = tmp_path / "q2l.pt"
+    torch.save({"model": make_method("q2l", seed=3).state_dict(), "ema": None}, stage_one)
+    prototypes = tmp_path / "prototypes.npy"
+    np.save(prototypes, np.zeros((NUM_CLASSES, 32), np.float32))
+    overrides = {
+        **TINY,
+        **SMALL["sadcl"],
+        "model.method": "sadcl",
+        "method.init_from": str(stage_one),
+        "method.prototypes_file": str(prototypes),
+        "data.workers": 0,
+        "run.epochs": 1,
+        "run.out_dir": str(tmp_path / "run"),
+        "run.progress": False,
+        "run.device": "cpu",
+        "run.amp": "off",
+        "run.channels_last": False,
+    }
+    train, val = (
+        ToyDataset(12, 32, seed=0, num_classes=NUM_CLASSES),
+        ToyDataset(6, 32, seed=1, num_classes=NUM_CLASSES),
+    )
+    first = fit(load_config(None, overrides), train_dataset=train, val_dataset=val)
+    stage_one.unlink()
+    prototypes.unlink()
+
+    method, checkpoint = load_method(tmp_path / "run" / "checkpoint_last.pt")
+    torch.testing.assert_close(method.prototypes, checkpoint["model"]["prototypes"])
+    # Resuming the finished run rebuilds the method without reading the deleted files, restores
+    # its state and has nothing left to train.
+    resumed = fit(load_config(None, overrides), resume=True, train_dataset=train, val_dataset=val)
+    assert resumed["best_map"] == first["best_map"]
+    assert resumed["steps"] == first["steps"] == 2

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlcl.config import from_dict
+from mlcl.config import for_restoring, from_dict
 from mlcl.errors import CheckpointError
 from mlcl.methods import Method, build_method
 
@@ -123,9 +123,7 @@ def load_method(
     """The trained method of a checkpoint (its EMA weights with ``ema=True``), in eval mode,
     and the checkpoint itself (its ``config``, ``class_names``, ``state``...)."""
     checkpoint = load_checkpoint(path)
-    config = from_dict(checkpoint["config"])
-    # The weights come from the checkpoint: do not fetch pre-trained ones.
-    config.model.pretrained, config.model.pretrained_file = False, ""
+    config = for_restoring(from_dict(checkpoint["config"]))
     method = build_method(
         config,
         num_classes=checkpoint["num_classes"],

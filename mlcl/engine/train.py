@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 import mlcl
-from mlcl.config import Config
+from mlcl.config import Config, for_restoring
 from mlcl.distributed import all_reduce_mean
 from mlcl.engine.checkpoint import (
     FORMAT_VERSION,
@@ -118,9 +118,12 @@ def fit(
         if train_dataset is None or val_dataset is None:
             train_dataset, val_dataset = build_datasets(config, context)
         train_loader, val_loader = build_loaders(config, train_dataset, val_dataset, context)
-        training = build_training(config, context, train_dataset, val_dataset, len(train_loader))
         run_dir = RunDir(config.run.out_dir, enabled=context.is_main)
-        if resume and run_dir.last_checkpoint.is_file():
+        restoring = resume and run_dir.last_checkpoint.is_file()
+        training = build_training(
+            config, context, train_dataset, val_dataset, len(train_loader), restoring=restoring
+        )
+        if restoring:
             restore_training(training, run_dir.last_checkpoint)
         elif resume:
             log(f"no checkpoint in {run_dir.path}: starting a new run", context.is_main)
@@ -137,14 +140,22 @@ def build_training(
     train_dataset: Dataset,
     val_dataset: Dataset,
     steps_per_epoch: int,
+    *,
+    restoring: bool = False,
 ) -> Training:
-    """The method on its device with its optimisers, schedules, scaler and EMA copy."""
+    """The method on its device with its optimisers, schedules, scaler and EMA copy.
+
+    ``restoring``: a checkpoint will overwrite the weights, so the method is built without its
+    start-only inputs (pre-trained weights, a stage-1 checkpoint), which need not exist any more.
+    """
     run = config.run
     if list(val_dataset.class_names) != list(train_dataset.class_names):
         raise ConfigError("data: the training and validation splits have different classes")
     seed_everything(run.seed)  # the same initial weights on every process
     method = build_method(
-        config, num_classes=train_dataset.num_classes, num_train_images=len(train_dataset)
+        for_restoring(config) if restoring else config,
+        num_classes=train_dataset.num_classes,
+        num_train_images=len(train_dataset),
     )
     method.to(context.device)
     if run.channels_last:

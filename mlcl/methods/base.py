@@ -55,6 +55,11 @@ class MethodOptions:
     the configuration stays typed and an unknown key is an error that names it.
     """
 
+    # Fields that only start a fresh run (a stage-1 checkpoint to begin from, prototypes to
+    # begin with): a run restored from its own checkpoint must not read them again, since
+    # their files may have moved since.
+    start_only: ClassVar[tuple[str, ...]] = ()
+
 
 class Method(nn.Module):
     """Base class of every method. Subclasses set ``name`` and ``Options`` and implement

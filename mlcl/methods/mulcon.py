@@ -23,6 +23,7 @@ The epoch the method is in is a buffer, so a run resumed in the middle of an epo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -37,6 +38,8 @@ from mlcl.models.projector import Projector
 
 @dataclass
 class MulConOptions(ClassificationLossOptions):
+    start_only: ClassVar[tuple[str, ...]] = ("init_from",)
+
     # MulCon trains its classifiers with binary cross-entropy.
     loss: str = "bce"
     reduction: str = "mean"

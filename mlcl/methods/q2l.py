@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -33,6 +34,8 @@ from mlcl.models.semantic_decoder import Query2Label
 
 @dataclass
 class Q2LOptions(ClassificationLossOptions):
+    start_only: ClassVar[tuple[str, ...]] = ("init_from",)
+
     # ASL as in SADCL's scripts: γ+ = 0, γ− = 4, no probability margin (clip 0).
     clip: float = 0.0
     hidden_dim: int = 0  # D; 0 = the backbone's channels, no input projection (SADCL: 2048)

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -63,6 +63,8 @@ from mlcl.models.projector import Projector
 
 @dataclass
 class SADCLOptions(Q2LOptions):
+    start_only: ClassVar[tuple[str, ...]] = ("init_from", "prototypes_file")
+
     projection_dim: int = 1024  # SADCL's projector: Linear(D, D) → ReLU → Linear(D, 1024)
     sscl_weight: float = 100.0  # SADCL's code
     pscl_weight: float = 50.0  # SADCL's code
