@@ -10,9 +10,10 @@ A grid is a YAML file (or the name of one shipped in ``mlcl/sweeps/``)::
 ``notebooks`` may also map each chapter to parameters of its own (its preset, say), which apply
 on top of every set's. Every (notebook, parameter set) pair is one run, executed into its own directory
 ``OUT/<notebook>--<set>/`` with the executed notebook beside what the chapter writes there (the
-run's ``out_dir`` parameter points at it: ``summary.json``, ``metrics.jsonl``, checkpoints). A cell
-that fails fails that run, not the sweep: the sweep goes on and its report (``report.json`` and
-``report.md`` in ``OUT``) says which runs failed and why.
+run's ``out_dir`` parameter points at it): a chapter puts each training it makes in a folder of its
+own under ``out_dir`` (``summary.json``, ``metrics.jsonl``, checkpoints). A cell that fails fails
+that run, not the sweep: the sweep goes on and its report (``report.json`` and ``report.md`` in
+``OUT``) says which runs failed and why, and the best mAP of every training each run made.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class RunResult:
     status: str  # ok | failed
     seconds: float
     error: str = ""
-    summary: dict[str, Any] = field(default_factory=dict)
+    # The summary.json of every training the chapter made, by its folder relative to the run's.
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def list_grids() -> list[str]:
@@ -117,8 +119,6 @@ def run_sweep(
         except Exception as err:  # a kernel that died, a notebook that is not JSON, ...
             status = "failed"
             error = f"{type(err).__name__}: {err}"
-        summary_path = run_dir / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         results.append(
             RunResult(
                 name=run.name,
@@ -127,24 +127,33 @@ def run_sweep(
                 status=status,
                 seconds=round(time.perf_counter() - start, 1),
                 error=error,
-                summary=summary,
+                summaries=collect_summaries(run_dir),
             )
         )
         write_report(results, out_dir)
     return results
 
 
+def collect_summaries(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every ``summary.json`` under ``run_dir``, keyed by its folder (``.`` for ``run_dir``)."""
+    return {
+        path.parent.relative_to(run_dir).as_posix(): json.loads(path.read_text())
+        for path in sorted(run_dir.glob("**/summary.json"))
+    }
+
+
 def write_report(results: list[RunResult], out_dir: Path) -> None:
     (out_dir / "report.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
     lines = [
-        "| run | status | best mAP | seconds | error |",
+        "| run | status | best mAP of each training | seconds | error |",
         "| --- | --- | --- | --- | --- |",
     ]
     for result in results:
-        best = result.summary.get("best_map")
-        best_text = f"{best:.2f}" if isinstance(best, int | float) else ""
-        error = result.error.replace("|", "\\|").splitlines()[0] if result.error else ""
-        lines.append(
-            f"| {result.name} | {result.status} | {best_text} | {result.seconds} | {error} |"
+        best = ", ".join(
+            f"{name} {summary['best_map']:.2f}"
+            for name, summary in result.summaries.items()
+            if isinstance(summary.get("best_map"), int | float)
         )
+        error = result.error.replace("|", "\\|").splitlines()[0] if result.error else ""
+        lines.append(f"| {result.name} | {result.status} | {best} | {result.seconds} | {error} |")
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")

@@ -15,8 +15,10 @@ NOTEBOOK_BODY = """
 import json, pathlib
 if fail:
     raise RuntimeError("asked to fail")
-pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
-(pathlib.Path(out_dir) / "summary.json").write_text(json.dumps({"best_map": 10.0 * epochs}))
+for name, best_map in (("first", 10.0 * epochs), ("second/nested", 1.0)):
+    run = pathlib.Path(out_dir) / name
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "summary.json").write_text(json.dumps({"best_map": best_map}))
 """
 
 
@@ -49,7 +51,10 @@ def test_runs_each_pair_and_isolates_failures(grid, tmp_path):
     results = run_sweep(runs, tmp_path / "out")
     by_name = {result.name: result for result in results}
     assert by_name["toy--three"].status == "ok"
-    assert by_name["toy--three"].summary == {"best_map": 30.0}  # the override took effect
+    assert by_name["toy--three"].summaries == {  # the override took effect
+        "first": {"best_map": 30.0},
+        "second/nested": {"best_map": 1.0},
+    }
     assert (tmp_path / "out" / "toy--three" / "toy.ipynb").is_file()
     assert by_name["toy--broken"].status == "failed"
     assert "asked to fail" in by_name["toy--broken"].error
@@ -57,7 +62,7 @@ def test_runs_each_pair_and_isolates_failures(grid, tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [entry["status"] for entry in report] == ["ok", "failed"]
     table = (tmp_path / "out" / "report.md").read_text()
-    assert "| toy--three | ok | 30.00 |" in table
+    assert "| toy--three | ok | first 30.00, second/nested 1.00 |" in table
     assert "asked to fail" in table
 
 
