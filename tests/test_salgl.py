@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mlcl.config import load_config
+from mlcl.config import load_config, with_overrides
 from mlcl.engine import load_checkpoint, save_checkpoint
 from mlcl.losses.scene import batch_entropy_gap, sample_entropy
 from mlcl.methods import build_method
@@ -370,6 +370,19 @@ def test_presets_load_and_the_quick_one_has_a_scene_per_true_scene():
     assert coco.method.num_scenes == 6 and coco.model.backbone == "resnet101"
     assert (coco.method.gamma_neg, coco.method.clip) == (2.0, 0.0)
     assert nuswide.data.dataset == "nuswide" and nuswide.method == coco.method
+
+
+def test_the_voc_preset_runs_on_a_vision_transformers_patch_tokens():
+    voc = load_config("salgl-voc2007")
+    assert (voc.model.backbone, voc.data.image_size) == ("vit_large_patch16_224", 224)
+    # The same recipe with timm's smallest ViT (its patch tokens form a 14 × 14 map at 224 px).
+    config = with_overrides(voc, TINY | {"model.backbone": "vit_tiny_patch16_224"})
+    config.model.pretrained = False
+    method = build_method(config, num_classes=NUM_CLASSES, num_train_images=4)
+    batch = _image_batch(size=2) | {"image": torch.randn(2, 3, 224, 224)}
+    outputs = method(batch)
+    assert torch.isfinite(outputs["loss"])
+    assert outputs["scene_probs"].shape == (2, NUM_SCENES)
 
 
 # ----------------------------------------------------------------- two processes
