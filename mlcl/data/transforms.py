@@ -41,10 +41,7 @@ def build_transforms(
     elif augment == "flip":
         steps = [v2.Resize(size, antialias=True), v2.RandomHorizontalFlip()]
     elif augment == "crop":
-        steps = [
-            v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-        ]
+        steps = [random_resized_crop(image_size), v2.RandomHorizontalFlip()]
     else:
         raise ValueError(f"data.augment must be 'flip' or 'crop', got {augment!r}")
     if train and randaugment:
@@ -55,8 +52,24 @@ def build_transforms(
         v2.Normalize(mean=list(mean), std=list(std)),
     ]
     if train and cutout > 0:
-        if not 0 < cutout < 1:
-            raise ValueError(f"data.cutout must be in [0, 1), got {cutout}")
-        # A square hole of side cutout·image side: area fraction cutout², aspect ratio 1.
-        steps.append(v2.RandomErasing(p=1.0, scale=(cutout**2, cutout**2), ratio=(1.0, 1.0)))
+        steps.append(cutout_erasing(cutout))
     return v2.Compose(steps)
+
+
+# The two random transforms below are shared with decoding on the device
+# (mlcl.data.device_decode), which draws their parameters the same way.
+
+
+def random_resized_crop(image_size: int) -> v2.RandomResizedCrop:
+    """The crop of ``augment="crop"`` (50-100 % of the area), resized to ``image_size``
+    square."""
+    return v2.RandomResizedCrop((image_size, image_size), scale=(0.5, 1.0), antialias=True)
+
+
+def cutout_erasing(cutout: float) -> v2.RandomErasing:
+    """Cutout: one square hole of side ``cutout`` x the image side, filled with 0 (the mean
+    colour, once normalised)."""
+    if not 0 < cutout < 1:
+        raise ValueError(f"data.cutout must be in [0, 1), got {cutout}")
+    # A square hole of side cutout·image side: area fraction cutout², aspect ratio 1.
+    return v2.RandomErasing(p=1.0, scale=(cutout**2, cutout**2), ratio=(1.0, 1.0))
