@@ -7,7 +7,8 @@
   ``after_step``) with the preset's precision, channels-last and compile settings; warm-up
   excluded, several repeats, the median reported;
 - **the data pipeline alone**: the preset's training loader (decoding, augmentation, collation
-  with its workers), iterated without a model.
+  with its workers), iterated without a model; with ``data.decode: device``, the loader (reading
+  files) and the decoding and augmentation on the training device after it.
 
 A training step is data-bound when the second number is below the first. Model FLOPs per image
 come from PyTorch's FLOP counter over one whole training step (forward and backward); dividing
@@ -150,10 +151,13 @@ def measure_matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = 
 
 
 def measure_data_pipeline(config: Config, batches: int = 30, repeats: int = 3) -> dict[str, Any]:
-    """Images/s of the preset's training loader alone (decode, augment, collate)."""
-    from mlcl.engine.loaders import build_datasets, build_loaders
+    """Images/s of the preset's training data alone: the loader (decode, augment, collate) or,
+    with ``data.decode=device``, the loader (read files) and the decoding and augmentation on
+    the training device."""
+    from mlcl.engine.loaders import build_datasets, build_loaders, device_decoder
 
-    context = setup_distributed("cpu")
+    context = setup_distributed(config.run.device)
+    decoder = device_decoder(config)
     train_dataset, val_dataset = build_datasets(config, context)
     train_loader, _ = build_loaders(config, train_dataset, val_dataset, context)
     rates = []
@@ -167,12 +171,18 @@ def measure_data_pipeline(config: Config, batches: int = 30, repeats: int = 3) -
             except StopIteration:
                 iterator = iter(train_loader)
                 batch = next(iterator)
+            if decoder is not None:
+                batch = decoder(batch, context.device)
             images += batch["image"].shape[0]
+        _synchronize(context.device)
         rates.append(images / (time.perf_counter() - start))
     return {
         "data_images_per_s": statistics.median(rates),
         "data_images_per_s_repeats": rates,
         "data_workers": config.data.workers,
+        "data_decode": config.data.decode,
+        # Where the JPEGs were decoded and augmented: the workers' CPU, or the training device.
+        "data_decode_device": "cpu" if decoder is None else str(context.device),
     }
 
 

@@ -51,6 +51,11 @@ class DataConfig:
     augment: Literal["flip", "crop"] = "flip"  # flip: resize + flip | crop: random resized crop
     randaugment: bool = False
     cutout: float = 0.0  # side of the Cutout hole as a fraction of the image side; 0 = off
+    # Where JPEGs are decoded. loader: in the loader's workers (PIL), the usual. device: the
+    # workers only read the files' bytes, and the engine decodes and augments each batch on the
+    # training device (nvjpeg on a GPU), for nodes with too few CPU cores per GPU to keep up;
+    # no RandAugment there (mlcl.data.device_decode).
+    decode: Literal["loader", "device"] = "loader"
     limit_train: int = 0  # use only the first N training images (0 = all)
     limit_val: int = 0
     # Normalisation of the backbone's pre-training (timm's ResNets: ImageNet).

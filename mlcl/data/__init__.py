@@ -4,6 +4,7 @@
   PASCAL VOC 2007 / 2012 and NUS-WIDE; every loader returns a :class:`MultiLabelDataset`.
 - :func:`ensure_synthetic` / :func:`generate`: the built-in data set (COCO format, on disk).
 - :func:`build_transforms`: torchvision v2 pipelines for training and evaluation.
+- :mod:`mlcl.data.device_decode`: the same, on the training device (``data.decode: device``).
 - :func:`make_single_positive`: the single-positive (SPML) labels of Cole et al. (2021).
 - :mod:`mlcl.data.stats`: label frequency, co-occurrence, conditional probabilities.
 - :func:`check_dataset`: validate a data set on disk (``mlcl data check``).

@@ -2,7 +2,8 @@
 
 - :mod:`mlcl.engine.train`: ``fit``, ``train_one_epoch``, ``training_step`` (the loop).
 - :mod:`mlcl.engine.evaluate`: ``evaluate`` (metrics of a method on a data set).
-- :mod:`mlcl.engine.loaders`: ``build_datasets``, ``build_loaders``, per-epoch seeding.
+- :mod:`mlcl.engine.loaders`: ``build_datasets``, ``build_loaders``, per-epoch seeding,
+  ``batch_to_device`` (which decodes the images there with ``data.decode: device``).
 - :mod:`mlcl.engine.optim`: AdamW per phase, learning-rate schedules, mixed precision.
 - :mod:`mlcl.engine.checkpoint`: atomic checkpoints and ``load_method`` for a trained one.
 - :mod:`mlcl.engine.distributed`: ``torchrun`` set-up.

@@ -13,9 +13,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mlcl.data.device_decode import DeviceDecoder
 from mlcl.distributed import all_gather_variable
 from mlcl.engine.distributed import DistributedContext, resolve_device
-from mlcl.engine.loaders import build_eval_loader
+from mlcl.engine.loaders import batch_to_device, build_eval_loader
 from mlcl.methods import Method
 from mlcl.metrics import MultiLabelMetrics
 
@@ -28,19 +29,19 @@ def collect_outputs(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     progress: bool = False,
+    decoder: DeviceDecoder | None = None,
 ) -> dict[str, torch.Tensor]:
     """``method.inference`` over every image of ``loader``'s dataset, gathered across processes,
-    row i for image i, on the CPU."""
+    row i for image i, on the CPU. ``decoder``: for a loader of encoded images
+    (``data.decode=device``)."""
     was_training = method.training
     method.eval()
     indices, chunks = [], []
     for batch in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
-        images = batch["image"].to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        batch = batch_to_device(batch, device, channels_last, decoder)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            outputs = method.inference(images)
-        indices.append(batch["index"].to(device))
+            outputs = method.inference(batch["image"])
+        indices.append(batch["index"])
         chunks.append({name: value.float() for name, value in outputs.items()})
     method.train(was_training)
 

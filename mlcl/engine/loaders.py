@@ -8,20 +8,26 @@ generator seeded with them, whichever loader worker reads it. The global generat
 are re-seeded from ``(run.seed, epoch, rank)`` at the start of every epoch. A resumed run
 therefore sees exactly the batches an uninterrupted run sees, with any number of workers, and the
 workers can live from one epoch to the next (``persistent_workers``).
+
+With ``data.decode: device`` the workers deliver JPEG bytes and each image's augmentation
+parameters (drawn the same way), and :func:`batch_to_device` decodes and augments the batch on
+the training device (:mod:`mlcl.data.device_decode`).
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from mlcl.config import Config
-from mlcl.data import build_dataset, build_transforms, ensure_synthetic
+from mlcl.data import MultiLabelDataset, build_dataset, build_transforms, ensure_synthetic
+from mlcl.data.device_decode import DeviceDecoder, EncodedImages, collate_encoded
 from mlcl.engine.distributed import DistributedContext, barrier
 from mlcl.errors import ConfigError
 
@@ -128,6 +134,9 @@ def build_loaders(
     """Training loader (shuffled per epoch, last partial batch dropped) and validation loader
     (in dataset order; split across processes when distributed). Batch sizes are per process."""
     data = config.data
+    if data.decode == "device":
+        train_dataset = encoded(config, train_dataset, train=True)
+        val_dataset = encoded(config, val_dataset, train=False)
     sampler = EpochSampler(train_dataset, context, config.run.seed)
     train_loader = DataLoader(
         SeededItems(train_dataset, config.run.seed),
@@ -137,6 +146,7 @@ def build_loaders(
         persistent_workers=data.workers > 0,  # no new worker processes every epoch
         pin_memory=context.device.type == "cuda",
         drop_last=True,  # a batch of one breaks BatchNorm, and equal batches keep DDP in step
+        collate_fn=_collate_fn(train_dataset),
         generator=torch.Generator(),  # the loader's own draws leave the global generator alone
     )
     if len(train_loader) == 0:
@@ -173,8 +183,59 @@ def build_eval_loader(
         num_workers=workers,
         persistent_workers=persistent and workers > 0,
         pin_memory=context.device.type == "cuda",
+        collate_fn=_collate_fn(dataset),
         generator=torch.Generator(),  # the loader's own draws leave the global generator alone
     )
+
+
+def encoded(config: Config, dataset: Dataset, train: bool) -> EncodedImages:
+    """``dataset`` for ``data.decode=device``: its JPEG files' bytes, with the training
+    augmentations of ``config.data`` drawn per image when ``train``."""
+    data = config.data
+    if data.randaugment:
+        raise ConfigError(
+            "data.randaugment: RandAugment has no device version; use data.decode=loader with it"
+        )
+    if not isinstance(dataset, MultiLabelDataset):
+        raise ConfigError(
+            f"data.decode: 'device' decodes the image files of a MultiLabelDataset, and "
+            f"{type(dataset).__name__} has none; use data.decode=loader"
+        )
+    if not train:
+        return EncodedImages(dataset, data.image_size)
+    return EncodedImages(dataset, data.image_size, data.augment, data.cutout)
+
+
+def device_decoder(config: Config) -> DeviceDecoder | None:
+    """What decodes the batches on the device with ``data.decode=device``; ``None`` when the
+    loader's workers decode (``data.decode=loader``)."""
+    data = config.data
+    if data.decode == "loader":
+        return None
+    return DeviceDecoder(data.image_size, data.mean, data.std)
+
+
+def batch_to_device(
+    batch: dict[str, Any],
+    device: torch.device,
+    channels_last: bool,
+    decoder: DeviceDecoder | None = None,
+) -> dict[str, torch.Tensor]:
+    """A loader's batch on ``device`` as a step takes it: ``image`` ``[B, 3, H, W]`` float
+    (channels-last if asked), ``labels``, ``observed``, ``index``. With a ``decoder`` the images
+    arrive encoded and are decoded and augmented there."""
+    if decoder is not None:
+        batch = decoder(batch, device)
+    else:
+        batch = {name: value.to(device, non_blocking=True) for name, value in batch.items()}
+    if channels_last:
+        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+    return batch
+
+
+def _collate_fn(dataset: Dataset) -> Callable[[list[Any]], Any] | None:
+    """Batches of encoded images keep the files' bytes as a list; the rest: the default."""
+    return collate_encoded if isinstance(dataset, EncodedImages) else None
 
 
 def seed_epoch(

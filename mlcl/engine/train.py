@@ -49,7 +49,14 @@ from mlcl.engine.checkpoint import (
 )
 from mlcl.engine.distributed import DistributedContext, cleanup_distributed, setup_distributed
 from mlcl.engine.evaluate import collect_outputs, compute_metrics
-from mlcl.engine.loaders import build_datasets, build_loaders, seed_epoch, seed_everything
+from mlcl.engine.loaders import (
+    batch_to_device,
+    build_datasets,
+    build_loaders,
+    device_decoder,
+    seed_epoch,
+    seed_everything,
+)
 from mlcl.engine.optim import autocast_dtype, build_grad_scaler, build_optimizers, build_scheduler
 from mlcl.engine.run_dir import RunDir, environment_info, log, peak_memory_mb, read_metrics
 from mlcl.errors import CheckpointError, ConfigError, MlclError
@@ -274,6 +281,7 @@ def train_one_epoch(
     run = config.run
     training.model.train()
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=training.device))
+    decoder = device_decoder(config)
     good_steps, images, started = 0, 0, time.perf_counter()
     bar = tqdm(
         loader,
@@ -285,7 +293,7 @@ def train_one_epoch(
         dynamic_ncols=True,
     )
     for batch in bar:
-        batch = _to_device(batch, training.device, run.channels_last)
+        batch = batch_to_device(batch, training.device, run.channels_last, decoder)
         terms = training_step(training, batch)
         state.global_step += 1
         state.step_in_epoch += 1
@@ -394,7 +402,12 @@ def evaluate_epoch(training: Training, loader: DataLoader) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for prefix, model in models.items():
         outputs = collect_outputs(
-            model, loader, training.device, training.amp_dtype, run.channels_last
+            model,
+            loader,
+            training.device,
+            training.amp_dtype,
+            run.channels_last,
+            decoder=device_decoder(training.config),
         )
         results = compute_metrics(model, outputs, loader.dataset, run.threshold)
         metrics |= {prefix + name: value for name, value in results.items()}
@@ -458,13 +471,6 @@ def restore_training(training: Training, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict:
-    batch = {name: value.to(device, non_blocking=True) for name, value in batch.items()}
-    if channels_last:
-        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-    return batch
 
 
 def _finite_on_every_process(loss: torch.Tensor, context: DistributedContext) -> bool:
