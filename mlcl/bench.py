@@ -207,6 +207,7 @@ def benchmark(
         "dataset": config.data.dataset,
         "channels_last": config.run.channels_last,
         "compile": config.run.compile,
+        "compile_mode": config.run.compile_mode,
         "steps": steps,
         "warmup_steps": warmup,
         "repeats": repeats,

@@ -104,6 +104,15 @@ class RunConfig:
     ema: float = 0.0  # EMA decay of the weights evaluated alongside (0 = no EMA)
     ema_warmup: bool = False  # let the EMA decay grow towards `ema` (timm's warm-up; short runs)
     compile: bool = False  # torch.compile the training forward
+    # torch.compile's mode, with run.compile. reduce-overhead replays the step as CUDA graphs
+    # (far fewer kernel launches, for small batches or models), which needs static shapes: the
+    # training loader drops its last incomplete batch, and evaluation, whose last batch is
+    # smaller, calls method.inference, which is not compiled. max-autotune also uses CUDA
+    # graphs and searches for faster kernels (long compiles); max-autotune-no-cudagraphs does
+    # only the search.
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = "default"
     channels_last: bool = True
     sync_bn: bool = False  # distributed on GPUs: BatchNorm statistics over the global batch
     threshold: float = 0.5  # for CP / CR / CF1 / OP / OR / OF1

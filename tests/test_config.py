@@ -62,6 +62,7 @@ def test_words_like_off_stay_strings():
         ("optim.lr=fast", r"optim\.lr: expected a number"),
         ("optim.betas=[0.9]", r"optim\.betas: expected 2 values"),
         ("run.amp=fp8", r"run\.amp: 'fp8' is not one of auto, bf16, fp16, off"),
+        ("run.compile_mode=fast", r"run\.compile_mode: 'fast' is not one of default, reduce-ove"),
         ("data.decode=gpu", r"data\.decode: 'gpu' is not one of loader, device"),
         ("model.method=nonsense", r"model\.method: unknown method 'nonsense'"),
         ("no-equals-sign", "an override reads section.key=value"),

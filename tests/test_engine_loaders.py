@@ -58,3 +58,13 @@ def test_loading_leaves_the_global_generator_alone():
     before = torch.get_rng_state()
     list(loader)  # augments in this process
     assert torch.equal(torch.get_rng_state(), before)  # dropout's random stream is untouched
+
+
+def test_training_batches_all_have_the_same_size():
+    """The last incomplete batch is dropped: BatchNorm, DDP and CUDA graphs
+    (run.compile_mode) need it."""
+    config = toy_config("unused", overrides={"data.workers": 0, "data.batch_size": 4})
+    dataset = RandomlyAugmented(size=18, image_size=4)
+    loader, _ = build_loaders(config, dataset, dataset, DistributedContext(torch.device("cpu")))
+    seed_epoch(loader, config.run.seed, 0, rank=0)
+    assert [len(batch["index"]) for batch in loader] == [4, 4, 4, 4]  # 2 of 18 images left out

@@ -10,7 +10,7 @@ import torch
 import mlcl.engine.train as train_module
 from mlcl.engine import evaluate, fit, load_checkpoint, load_method, read_metrics
 from mlcl.engine.checkpoint import save_checkpoint
-from mlcl.errors import MlclError
+from mlcl.errors import ConfigError, MlclError
 from tests.test_engine_toys import ToyDataset, toy_config
 
 
@@ -188,3 +188,24 @@ def test_an_interrupted_write_leaves_the_old_checkpoint(tmp_path):
         save_checkpoint({"format": 1, "weights": torch.zeros(3), "bad": lambda: 0}, path)
     torch.testing.assert_close(load_checkpoint(path)["weights"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pt"]  # no temporary left
+
+
+def test_the_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
+    """Recorded, not compiled: compiling on the CPU would take minutes."""
+    modes = []
+
+    def record_mode(function, *args, mode=None, **kwargs):
+        modes.append(mode)
+        return function  # the method runs uncompiled
+
+    monkeypatch.setattr(torch, "compile", record_mode)
+    overrides = {"run.epochs": 1, "run.compile": True, "run.compile_mode": "reduce-overhead"}
+    summary = _fit(toy_config(tmp_path, overrides=overrides))
+    assert modes == ["reduce-overhead"]
+    assert summary["steps"] == 4
+
+
+def test_a_compile_mode_without_compile_is_an_error(tmp_path):
+    config = toy_config(tmp_path, overrides={"run.compile_mode": "max-autotune"})
+    with pytest.raises(ConfigError, match=r"run\.compile_mode: max-autotune needs run\.compile"):
+        _fit(config)

@@ -145,7 +145,9 @@ def build_loaders(
         num_workers=data.workers,
         persistent_workers=data.workers > 0,  # no new worker processes every epoch
         pin_memory=context.device.type == "cuda",
-        drop_last=True,  # a batch of one breaks BatchNorm, and equal batches keep DDP in step
+        # A batch of one breaks BatchNorm, equal batches keep DDP in step, and static shapes
+        # let run.compile_mode replay CUDA graphs.
+        drop_last=True,
         collate_fn=_collate_fn(train_dataset),
         generator=torch.Generator(),  # the loader's own draws leave the global generator alone
     )

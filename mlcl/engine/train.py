@@ -184,7 +184,9 @@ def build_training(
         for phase, optimizer in optimizers.items()
     }
     if run.compile:
-        method.compile()
+        method.compile(mode=run.compile_mode)
+    elif run.compile_mode != "default":
+        raise ConfigError(f"run.compile_mode: {run.compile_mode} needs run.compile: true")
     model: nn.Module = method
     if context.distributed:
         model = DistributedDataParallel(
