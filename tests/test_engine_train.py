@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mlcl.engine.train as train_module
-from mlcl.engine import evaluate, fit, load_checkpoint, load_method, read_metrics
+from mlcl.engine import Callback, evaluate, fit, load_checkpoint, load_method, read_metrics
 from mlcl.engine.checkpoint import save_checkpoint
 from mlcl.errors import ConfigError, MlclError
 from tests.test_engine_toys import ToyDataset, toy_config
@@ -156,6 +156,32 @@ def test_run_directory_files(tmp_path):
     assert on_disk["versions"]["torch"] == torch.__version__
     assert summary["config_hash"] == on_disk["config_hash"]
     assert summary["train_images_per_s"] > 0
+
+
+def test_callbacks_watch_every_epoch_and_leave_the_run_as_it_was(tmp_path):
+    class Watcher(Callback):
+        def __init__(self):
+            self.events = []
+
+        def on_epoch_start(self, method, epoch):
+            self.events.append(("start", epoch, method.training))
+
+        def on_epoch_end(self, method, epoch, record):
+            self.events.append(("end", epoch, record["mAP"]))
+
+    watcher = Watcher()
+    ema = {"run.ema": 0.5}  # _assert_same_run compares the EMA weights too
+    watched = _fit(toy_config(tmp_path / "watched", overrides=ema), callbacks=[watcher])
+    plain = _fit(toy_config(tmp_path / "plain", overrides=ema))
+    records = read_metrics(tmp_path / "watched")
+    assert watcher.events == [
+        ("start", 0, True),
+        ("end", 0, records[0]["mAP"]),
+        ("start", 1, True),
+        ("end", 1, records[1]["mAP"]),
+    ]
+    assert watched["best_map"] == plain["best_map"]
+    _assert_same_run(tmp_path / "watched", tmp_path / "plain")
 
 
 def test_best_checkpoint_reproduces_the_best_map(tmp_path):

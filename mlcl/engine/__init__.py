@@ -1,6 +1,7 @@
 """The training engine: ``fit`` a method from a configuration, ``evaluate`` it, checkpoints.
 
-- :mod:`mlcl.engine.train`: ``fit``, ``train_one_epoch``, ``training_step`` (the loop).
+- :mod:`mlcl.engine.train`: ``fit``, ``train_one_epoch``, ``training_step`` (the loop), and
+  ``Callback`` for watching a run's epochs.
 - :mod:`mlcl.engine.evaluate`: ``evaluate`` (metrics of a method on a data set).
 - :mod:`mlcl.engine.loaders`: ``build_datasets``, ``build_loaders``, per-epoch seeding,
   ``batch_to_device`` (which decodes the images there with ``data.decode: device``).
@@ -14,9 +15,10 @@ from mlcl.engine.checkpoint import load_checkpoint, load_method, save_checkpoint
 from mlcl.engine.evaluate import evaluate
 from mlcl.engine.loaders import build_datasets, build_loaders
 from mlcl.engine.run_dir import read_metrics
-from mlcl.engine.train import fit, train_one_epoch
+from mlcl.engine.train import Callback, fit, train_one_epoch
 
 __all__ = [
+    "Callback",
     "build_datasets",
     "build_loaders",
     "evaluate",

@@ -23,6 +23,7 @@ import dataclasses
 import math
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,19 @@ class Training:
         return self.context.device
 
 
+class Callback:
+    """Watches a run without changing it: a chapter's extra measurements, e.g. the quality of
+    Scob's label estimates after every epoch. ``fit(config, callbacks=[...])`` calls these on
+    the main process after the method's own epoch hooks; the run's method, configuration and
+    checkpoints stay those of ``config``, so ``mlcl evaluate`` reads them as any other run's."""
+
+    def on_epoch_start(self, method: Method, epoch: int) -> None:
+        """Before the first iteration of ``epoch`` (not when resuming in its middle)."""
+
+    def on_epoch_end(self, method: Method, epoch: int, record: dict[str, Any]) -> None:
+        """After ``epoch`` was trained and evaluated; ``record`` is its line of metrics.jsonl."""
+
+
 def fit(
     config: Config,
     *,
@@ -109,6 +123,7 @@ def fit(
     progress: bool | None = None,
     train_dataset: Dataset | None = None,
     val_dataset: Dataset | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Train the method of ``config`` and return the run's summary (``best_map``, ...).
 
@@ -118,6 +133,7 @@ def fit(
         train_dataset, val_dataset: prebuilt data sets (tests, notebooks); by default both are
             built from ``config.data``. They yield batches as :mod:`mlcl.data` does, and the
             validation set has ``full_labels`` and ``class_names``.
+        callbacks: :class:`Callback` objects that watch the run's epochs.
     """
     show_progress = config.run.progress if progress is None else progress
     context = setup_distributed(config.run.device)
@@ -136,7 +152,7 @@ def fit(
             log(f"no checkpoint in {run_dir.path}: starting a new run", context.is_main)
         run_dir.write_config(config)
         run_dir.start_metrics(training.state.epoch)
-        return train_epochs(training, train_loader, val_loader, run_dir, show_progress)
+        return train_epochs(training, train_loader, val_loader, run_dir, show_progress, callbacks)
     finally:
         cleanup_distributed(context)
 
@@ -220,6 +236,7 @@ def train_epochs(
     val_loader: DataLoader,
     run_dir: RunDir,
     progress: bool,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Train from ``training.state`` to the last epoch (or ``run.max_steps``, or an early stop),
     evaluating and checkpointing after every epoch. Returns the summary."""
@@ -245,6 +262,8 @@ def train_epochs(
         training.resumed_rng = None
         if state.step_in_epoch == 0:
             method.on_epoch_start(epoch)
+            for callback in callbacks if main else ():
+                callback.on_epoch_start(method, epoch)
         train_stats = train_one_epoch(training, train_loader, run_dir, progress)
         method.on_epoch_end(epoch)
         train_seconds += train_stats["train_time_s"]
@@ -257,6 +276,8 @@ def train_epochs(
         improved = _update_best(state, metrics, epoch)
         record = {"epoch": epoch, "step": state.global_step, **train_stats, **metrics}
         run_dir.append_metrics(record)
+        for callback in callbacks if main else ():
+            callback.on_epoch_end(method, epoch, record)
         if run.checkpoint and main:
             save_checkpoint(checkpoint_state(training), run_dir.last_checkpoint)
             if improved:
