@@ -18,6 +18,7 @@ that run, not the sweep: the sweep goes on and its report (``report.json`` and `
 
 from __future__ import annotations
 
+import ast
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -83,9 +84,35 @@ def load_grid(grid: str | Path, notebooks_dir: str | Path = "notebooks") -> list
         notebook = Path(notebooks_dir) / f"{Path(str(name)).stem}.ipynb"
         if not notebook.is_file():
             raise ConfigError(f"{path}: notebook {notebook} not found")
+        known = notebook_parameters(notebook)
         for set_name, parameters in parameter_sets.items():
-            runs.append(SweepRun(notebook, str(set_name), {**parameters, **(own_parameters or {})}))
+            run = SweepRun(notebook, str(set_name), {**parameters, **(own_parameters or {})})
+            # papermill would inject a misspelt name silently, and the run would train hours
+            # on the chapter's default instead.
+            unknown = sorted(set(run.parameters) - known)
+            if unknown:
+                raise ConfigError(
+                    f"{path}: {notebook.name} has no parameter {unknown[0]!r} "
+                    f"(its parameters: {', '.join(sorted(known))})"
+                )
+            runs.append(run)
     return runs
+
+
+def notebook_parameters(notebook: Path) -> set[str]:
+    """The names the cell tagged ``parameters`` assigns (what papermill can override)."""
+    cells = json.loads(notebook.read_text())["cells"]
+    for cell in cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            tree = ast.parse("".join(cell["source"]))
+            return {
+                target.id
+                for node in tree.body
+                if isinstance(node, ast.Assign | ast.AnnAssign)
+                for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                if isinstance(target, ast.Name)
+            }
+    raise ConfigError(f"{notebook}: no cell is tagged 'parameters', so papermill cannot set any")
 
 
 def run_sweep(

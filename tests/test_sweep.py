@@ -66,11 +66,16 @@ def test_runs_each_pair_and_isolates_failures(grid, tmp_path):
     assert "asked to fail" in table
 
 
-def test_bad_grid_names_the_file(tmp_path):
+def test_bad_grid_names_the_file(grid, tmp_path):
+    _, notebooks = grid
     bad = tmp_path / "bad.yaml"
     bad.write_text("parameter_sets: {}\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml"):
         load_grid(bad, tmp_path)
+    misspelt = tmp_path / "misspelt.yaml"
+    misspelt.write_text("notebooks: [toy]\nparameter_sets: {a: {epoch: 3}}\n")
+    with pytest.raises(ConfigError, match=r"toy\.ipynb has no parameter 'epoch'.*epochs, fail"):
+        load_grid(misspelt, notebooks)
     missing_notebook = tmp_path / "missing.yaml"
     missing_notebook.write_text("notebooks: [nowhere]\n")
     with pytest.raises(ConfigError, match="nowhere"):
