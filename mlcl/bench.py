@@ -1,4 +1,5 @@
-"""Throughput of a preset: training images/s, peak memory, FLOPs and model FLOP utilisation.
+"""Throughput of a preset: training images/s, peak memory, FLOPs, model FLOP utilisation and
+memory traffic.
 
 ``mlcl bench --config PRESET --out result.json`` measures two things separately:
 
@@ -14,12 +15,31 @@ A training step is data-bound when the second number is below the first. Model F
 come from PyTorch's FLOP counter over one whole training step (forward and backward); dividing
 the achieved FLOP/s by the device's *measured* dense matrix-multiply rate (in the training
 precision) gives the model FLOP utilisation (MFU).
+
+Bytes moved per training step are a **lower-bound estimate**, counted once on the timed batch:
+
+- ``activation_bytes_per_step``: the tensors autograd saves for backward in every phase's
+  forward (each storage once, parameters left out), written in the forward and read in the
+  backward: 2x their size;
+- ``parameter_bytes_per_step``: each trainable parameter read in the forward and the backward
+  and its gradient written, for every phase over the parameters its optimiser steps: 3x;
+- ``optimizer_bytes_per_step``: AdamW reads parameter, gradient and both moments and writes
+  parameter and moments (7x), plus 3x with gradient clipping (norm read, scaling read + write).
+
+Intermediates that are not saved for backward, cache misses, re-reads, the EMA update and
+frozen parameters are not counted, so the true traffic is higher: ``bandwidth_utilisation``
+(achieved bytes/s over the device's measured copy bandwidth) is an underestimate. ``bound`` is
+``"memory"`` when the step's arithmetic intensity (``flops_per_byte``) is below the device's
+ridge point (measured matmul FLOP/s over measured bandwidth): the step would be memory-bound
+even at this minimum traffic; ``"compute"`` otherwise.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterable
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -28,7 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mlcl.config import Config, with_overrides
 from mlcl.engine.distributed import setup_distributed
 from mlcl.engine.run_dir import environment_info, peak_memory_mb
-from mlcl.engine.train import build_training, training_step
+from mlcl.engine.train import Training, build_training, training_step
 
 # Classes of each data set, for benchmarking without the data on disk.
 NUM_CLASSES = {"coco2014": 80, "coco2017": 80, "voc2007": 20, "voc2012": 20, "nuswide": 81}
@@ -73,6 +93,107 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _NoModuleTracker:
+    """Stands in for FlopCounterMode's module tracker: every count goes to the global total."""
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *args: object) -> None:
+        pass
+
+
+class TotalFlopCounter(FlopCounterMode):
+    """PyTorch's FLOP counter without its per-module breakdown, which only the total needs. The
+    breakdown's backward hooks fail when a forward calls ``torch.autograd.grad`` itself
+    (Scob's Grad-CAM masks): "A leaf node was passed to _will_engine_execute_node"."""
+
+    def __init__(self) -> None:
+        super().__init__(display=False)
+        self.mod_tracker = _NoModuleTracker()
+
+
+class SavedActivations:
+    """Counts the bytes of the tensors autograd saves for backward while the context is active.
+
+    Each storage counts once (a tensor saved by several operations, or several views of one
+    tensor, is in memory once), at the largest size any of its saved views covers; storages of
+    ``exclude`` (the parameters, whose traffic is counted apart) are left out. The counted
+    storages are held until the context exits, so that memory freed by one phase's backward and
+    reused by the next phase's forward is not mistaken for the same tensor.
+    """
+
+    def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
+        self._excluded = {tensor.untyped_storage().data_ptr() for tensor in exclude}
+        self._saved: dict[int, tuple[torch.UntypedStorage, int]] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+        self.bytes = 0
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key not in self._excluded:
+            size = tensor.numel() * tensor.element_size()
+            previous = self._saved.get(key, (storage, 0))[1]
+            self._saved[key] = (storage, max(size, previous))
+        return tensor
+
+    def __enter__(self) -> SavedActivations:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._hooks.__exit__(kind, error, traceback)
+        self.bytes = sum(size for _, size in self._saved.values())
+        self._saved.clear()
+
+
+def _trainable_bytes(parameters: Iterable[torch.Tensor]) -> int:
+    return sum(p.numel() * p.element_size() for p in parameters if p.requires_grad)
+
+
+def parameter_bytes(parameters: Iterable[torch.Tensor]) -> int:
+    """Bytes one forward and backward move for ``parameters``: each read in the forward and in
+    the backward, its gradient written. (Under autocast the backward reads the saved
+    low-precision copy, counted with the activations, and casts the gradient back up: about the
+    same traffic.)"""
+    return 3 * _trainable_bytes(parameters)
+
+
+def optimizer_bytes(parameters: Iterable[torch.Tensor], grad_clip: bool = False) -> int:
+    """Bytes one AdamW step moves for ``parameters``: reads parameter, gradient, exp_avg and
+    exp_avg_sq, writes parameter, exp_avg and exp_avg_sq (7x; the fused and foreach kernels move
+    about this much, the per-parameter loop more). Gradient clipping reads every gradient for
+    the norm and reads and writes it to scale it (3x more)."""
+    return (10 if grad_clip else 7) * _trainable_bytes(parameters)
+
+
+def step_bytes(training: Training, activation_bytes: int) -> dict[str, int]:
+    """The lower-bound memory traffic of one training step by source (see the module
+    docstring); every phase runs its forward, backward and optimiser step."""
+    grad_clip = training.config.optim.grad_clip > 0
+    parameter = optimizer = 0
+    for phase in training.method.phases:
+        groups = training.optimizers[phase].param_groups
+        parameters = [p for group in groups for p in group["params"]]
+        parameter += parameter_bytes(parameters)
+        optimizer += optimizer_bytes(parameters, grad_clip)
+    activation = 2 * activation_bytes  # written in the forward, read in the backward
+    return {
+        "activation_bytes_per_step": activation,
+        "parameter_bytes_per_step": parameter,
+        "optimizer_bytes_per_step": optimizer,
+        "bytes_per_step": activation + parameter + optimizer,
+    }
+
+
 def measure_train_step(
     config: Config, num_classes: int, steps: int = 20, warmup: int = 5, repeats: int = 3
 ) -> dict[str, Any]:
@@ -83,7 +204,8 @@ def measure_train_step(
     batch_size, image_size = config.data.batch_size, config.data.image_size
     shape = _Shape(num_classes, num_images=batch_size * 16)
     # Plan the learning-rate schedule for every step taken here (OneCycle refuses to go past its
-    # planned total): one epoch that holds the warm-up, the timed repeats and the FLOP count.
+    # planned total): one epoch that holds the warm-up, the timed repeats and the FLOP and byte
+    # count.
     config = with_overrides(config, {"run.epochs": 1, "run.max_steps": 0})
     total_steps = warmup + repeats * steps + 1
     training = build_training(config, context, shape, shape, steps_per_epoch=total_steps)
@@ -106,9 +228,12 @@ def measure_train_step(
         step_seconds.append((time.perf_counter() - start) / steps)
     memory = peak_memory_mb(device)  # CUDA max allocated, or the process's peak RSS on a CPU
 
-    with FlopCounterMode(display=False) as counter:
+    # FLOPs and saved activations of one more step on the same batch, outside the timed region.
+    parameters = list(training.method.parameters())
+    with TotalFlopCounter() as counter, SavedActivations(parameters) as saved:
         training_step(training, batch)
     flops_per_image = counter.get_total_flops() / batch_size
+    traffic = step_bytes(training, saved.bytes)
 
     median_step = statistics.median(step_seconds)
     images_per_s = batch_size / median_step
@@ -127,6 +252,9 @@ def measure_train_step(
         **memory,
         "model_flops_per_image": flops_per_image,
         "achieved_tflops": flops_per_image * images_per_s / 1e12,
+        **traffic,
+        "bytes_per_image": traffic["bytes_per_step"] / batch_size,
+        "achieved_gbps": traffic["bytes_per_step"] / median_step / 1e9,
         "amp_dtype": training.amp_dtype,
     }
 
@@ -148,6 +276,51 @@ def measure_matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = 
         _synchronize(device)
         seconds.append((time.perf_counter() - start) / 10)
     return 2 * size**3 / statistics.median(seconds) / 1e12
+
+
+def measure_memory_bandwidth(device: torch.device, megabytes: int | None = None) -> float:
+    """The device's memory bandwidth in GB/s, measured: a large tensor copied (read + write),
+    median of several. 256 MB on a GPU; 64 MB on a CPU, which keeps it quick and still well
+    beyond its caches."""
+    if megabytes is None:
+        megabytes = 256 if device.type == "cuda" else 64
+    source = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device).fill_(1)
+    target = torch.empty_like(source)
+    target.copy_(source)  # warm-up: pages touched, kernels loaded
+    _synchronize(device)
+    seconds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        target.copy_(source)
+        _synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return 2 * source.numel() / statistics.median(seconds) / 1e9
+
+
+def roofline(result: dict[str, Any]) -> dict[str, Any]:
+    """Bandwidth utilisation, arithmetic intensity, the device's ridge point and the bound
+    that applies, from a result holding the step's figures and the device's measured rates."""
+    flops_per_step = result["model_flops_per_image"] * result["batch_size"]
+    flops_per_byte = flops_per_step / result["bytes_per_step"]
+    ridge = result["matmul_tflops_measured"] * 1e12 / (result["memory_gbps_measured"] * 1e9)
+    return {
+        "bandwidth_utilisation": result["achieved_gbps"] / result["memory_gbps_measured"],
+        "flops_per_byte": flops_per_byte,
+        "ridge_flops_per_byte": ridge,
+        "bound": "memory" if flops_per_byte < ridge else "compute",
+    }
+
+
+def summary(result: dict[str, Any]) -> str:
+    """One line of the main figures of a result of ``benchmark``."""
+    return (
+        f"{result['train_images_per_s']:.1f} images/s, "
+        f"{result['model_flops_per_image'] / 1e9:.2f} GFLOP/image, MFU {result['mfu']:.1%}; "
+        f"{result['bytes_per_image'] / 1e6:.1f} MB/image (lower bound), "
+        f"{result['achieved_gbps']:.1f} of {result['memory_gbps_measured']:.1f} GB/s "
+        f"({result['bandwidth_utilisation']:.1%}); {result['flops_per_byte']:.1f} FLOP/byte, "
+        f"ridge {result['ridge_flops_per_byte']:.1f}: {result['bound']}-bound"
+    )
 
 
 def measure_data_pipeline(config: Config, batches: int = 30, repeats: int = 3) -> dict[str, Any]:
@@ -221,6 +394,8 @@ def benchmark(
     result["matmul_tflops_measured"] = matmul_tflops
     result["matmul_dtype"] = str(matmul_dtype).removeprefix("torch.")
     result["mfu"] = step["achieved_tflops"] / matmul_tflops
+    result["memory_gbps_measured"] = measure_memory_bandwidth(device)
+    result |= roofline(result)
     if data:
         result |= measure_data_pipeline(config, data_batches, repeats)
         result["data_bound"] = result["data_images_per_s"] < result["train_images_per_s"]

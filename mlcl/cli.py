@@ -171,7 +171,7 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from mlcl.bench import benchmark
+    from mlcl.bench import benchmark, summary
     from mlcl.config import load_config
 
     config = load_config(args.config, args.set)
@@ -184,6 +184,7 @@ def _bench(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
     print(text)
+    print(summary(result), file=sys.stderr)  # stdout stays one JSON document
     return 0
 
 
