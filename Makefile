@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
-test: setup  ## run the test suite (unit tests and every chapter under nbval)
+test: setup  ## run the test suite: unit tests, chapters 02-08 via `mlcl sweep quick`, 01 and 09 under nbval
 	$(PY) -m pytest
 
 book: setup  ## execute the chapters on the built-in data and build the HTML into _build/html
