@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import mlcl.bench as bench_module
 from mlcl.bench import (
     SavedActivations,
     benchmark,
@@ -58,6 +59,21 @@ def test_flops_cover_forward_and_backward(result):
     assert result["mfu"] == pytest.approx(
         result["achieved_tflops"] / result["matmul_tflops_measured"]
     )
+    assert result["matmul_kernel"] in {"matmul", "conv1x1", "conv3x3"}
+
+
+def test_the_reference_rate_is_the_fastest_of_the_dense_kernels(monkeypatch):
+    # The kernels are timed in the order matmul, 1x1 convolution, 3x3 convolution: pretend the
+    # last takes a tenth of the time of the others.
+    seconds = iter([1.0, 1.0, 0.1])
+
+    def fake_seconds(run, device):
+        return next(seconds)
+
+    monkeypatch.setattr(bench_module, "_median_seconds", fake_seconds)
+    rate, kernel = bench_module.measure_matmul_tflops(torch.device("cpu"), torch.float32, size=64)
+    assert kernel == "conv3x3"
+    assert rate == pytest.approx(2 * 8 * 32 * 32 * 16**2 * 9 / 0.1 / 1e12)
 
 
 def test_saved_activations_counted_once_per_storage():
