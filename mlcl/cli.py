@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", type=Path, default=Path("runs/sweep"), help="runs and report")
     sweep.add_argument("--notebooks", type=Path, default=Path("notebooks"), metavar="DIR")
     sweep.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
+    sweep.add_argument(
+        "--rerun",
+        action="store_true",
+        help="execute again the runs an earlier sweep into --out finished (default: reuse them)",
+    )
     sweep.set_defaults(func=_sweep)
     return parser
 
@@ -191,9 +196,11 @@ def _bench(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from mlcl.sweep import load_grid, run_sweep
 
-    results = run_sweep(load_grid(args.grid, args.notebooks), args.out, kernel_name=args.kernel)
+    runs = load_grid(args.grid, args.notebooks)
+    results = run_sweep(runs, args.out, kernel_name=args.kernel, rerun=args.rerun)
     for result in results:
-        print(f"{result.status:6s}  {result.name}  ({result.seconds} s)  {result.error}")
+        status = "reused" if result.reused else result.status
+        print(f"{status:6s}  {result.name}  ({result.seconds} s)  {result.error}")
     failed = sum(result.status != "ok" for result in results)
     print(f"{len(results) - failed} ok, {failed} failed; report: {args.out / 'report.md'}")
     return 1 if failed else 0

@@ -14,6 +14,10 @@ run's ``out_dir`` parameter points at it): a chapter puts each training it makes
 own under ``out_dir`` (``summary.json``, ``metrics.jsonl``, checkpoints). A cell that fails fails
 that run, not the sweep: the sweep goes on and its report (``report.json`` and ``report.md`` in
 ``OUT``) says which runs failed and why, and the best mAP of every training each run made.
+
+A sweep started again into the same ``OUT`` (after it was killed, or after fixing what failed)
+reuses the runs that finished with the same parameters and executes the others; ``rerun=True``
+(``mlcl sweep --rerun``) executes every run again.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class RunResult:
     error: str = ""
     # The summary.json of every training the chapter made, by its folder relative to the run's.
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reused: bool = False  # finished in an earlier sweep into the same folder, not executed again
 
 
 def list_grids() -> list[str]:
@@ -116,17 +121,31 @@ def notebook_parameters(notebook: Path) -> set[str]:
 
 
 def run_sweep(
-    runs: list[SweepRun], out_dir: str | Path, kernel_name: str | None = None
+    runs: list[SweepRun],
+    out_dir: str | Path,
+    kernel_name: str | None = None,
+    rerun: bool = False,
 ) -> list[RunResult]:
-    """Execute every run; never raises for a failing notebook. Writes the report to ``out_dir``."""
+    """Execute every run; never raises for a failing notebook. Writes the report to ``out_dir``.
+
+    A run that an earlier sweep into ``out_dir`` finished with the same parameters is reused,
+    unless ``rerun``.
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    finished = {} if rerun else finished_runs(out_dir)
     results = []
     for run in runs:
         run_dir = out_dir / run.name
+        earlier = finished.get(run.name)
+        if earlier is not None and earlier.parameters == run.parameters:
+            earlier.reused = True
+            results.append(earlier)
+            write_report(results, out_dir)
+            continue
         run_dir.mkdir(parents=True, exist_ok=True)
         parameters = {**run.parameters, "out_dir": str(run_dir)}
         start = time.perf_counter()
@@ -161,6 +180,25 @@ def run_sweep(
     return results
 
 
+def finished_runs(out_dir: Path) -> dict[str, RunResult]:
+    """The runs an earlier sweep into ``out_dir`` finished (whose executed notebook is there)."""
+    report = out_dir / "report.json"
+    if not report.is_file():
+        return {}
+    try:
+        entries = json.loads(report.read_text())
+        results = [RunResult(**entry) for entry in entries]
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ConfigError(
+            f"{report}: not a sweep report ({err}); move it away or pass --rerun"
+        ) from None
+    return {
+        result.name: result
+        for result in results
+        if result.status == "ok" and (out_dir / result.name / Path(result.notebook).name).is_file()
+    }
+
+
 def collect_summaries(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Every ``summary.json`` under ``run_dir``, keyed by its folder (``.`` for ``run_dir``)."""
     return {
@@ -182,5 +220,6 @@ def write_report(results: list[RunResult], out_dir: Path) -> None:
             if isinstance(summary.get("best_map"), int | float)
         )
         error = result.error.replace("|", "\\|").splitlines()[0] if result.error else ""
-        lines.append(f"| {result.name} | {result.status} | {best} | {result.seconds} | {error} |")
+        status = f"{result.status} (earlier sweep)" if result.reused else result.status
+        lines.append(f"| {result.name} | {status} | {best} | {result.seconds} | {error} |")
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")

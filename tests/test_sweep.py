@@ -97,3 +97,24 @@ def test_shipped_grids_name_existing_chapters(name):
     runs = load_grid(name, Path(__file__).resolve().parent.parent / "notebooks")
     assert runs, name
     assert all(run.notebook.is_file() for run in runs)
+
+
+def test_a_second_sweep_reuses_finished_runs_and_retries_the_others(grid, tmp_path):
+    grid_file, notebooks = grid
+    runs = load_grid(grid_file, notebooks)
+    out = tmp_path / "out"
+    run_sweep(runs, out)
+    executed = out / "toy--three" / "toy.ipynb"
+    first_write = executed.stat().st_mtime_ns
+
+    again = {result.name: result for result in run_sweep(runs, out)}
+    assert again["toy--three"].reused and again["toy--three"].status == "ok"
+    assert again["toy--three"].summaries["first"] == {"best_map": 30.0}
+    assert executed.stat().st_mtime_ns == first_write  # not executed again
+    assert not again["toy--broken"].reused and again["toy--broken"].status == "failed"
+    assert "toy--three | ok (earlier sweep) |" in (out / "report.md").read_text()
+
+    changed = load_grid(grid_file, notebooks)
+    changed[0].parameters = {"epochs": 4}
+    assert not run_sweep(changed, out)[0].reused  # other parameters: executed again
+    assert not any(result.reused for result in run_sweep(runs, out, rerun=True))
