@@ -308,18 +308,21 @@ def _channels_last_randn(
     )
 
 
-def _median_seconds(run: Callable[[], object], device: torch.device) -> float:
-    """Median seconds of one call of ``run`` (3 warm-up calls, 5 timed rounds of 10)."""
+def _median_seconds(
+    run: Callable[[], object], device: torch.device, calls_per_round: int = 10
+) -> float:
+    """Median seconds of one call of ``run``: 3 warm-up calls, then 5 timed rounds of
+    ``calls_per_round`` calls each."""
     for _ in range(3):
         run()
     _synchronize(device)
     seconds = []
     for _ in range(5):
         start = time.perf_counter()
-        for _ in range(10):
+        for _ in range(calls_per_round):
             run()
         _synchronize(device)
-        seconds.append((time.perf_counter() - start) / 10)
+        seconds.append((time.perf_counter() - start) / calls_per_round)
     return statistics.median(seconds)
 
 
@@ -331,15 +334,8 @@ def measure_memory_bandwidth(device: torch.device, megabytes: int | None = None)
         megabytes = 256 if device.type == "cuda" else 64
     source = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device).fill_(1)
     target = torch.empty_like(source)
-    target.copy_(source)  # warm-up: pages touched, kernels loaded
-    _synchronize(device)
-    seconds = []
-    for _ in range(5):
-        start = time.perf_counter()
-        target.copy_(source)
-        _synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return 2 * source.numel() / statistics.median(seconds) / 1e9
+    seconds = _median_seconds(lambda: target.copy_(source), device, calls_per_round=1)
+    return 2 * source.numel() / seconds / 1e9
 
 
 def roofline(result: dict[str, Any]) -> dict[str, Any]:

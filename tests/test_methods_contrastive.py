@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mlcl.config import load_config
-from mlcl.engine import fit, load_checkpoint
+from mlcl.engine import fit, load_checkpoint, load_method
 from mlcl.errors import CheckpointError, ConfigError
 from mlcl.losses import sscl_loss
 from mlcl.methods import build_method
@@ -244,8 +244,6 @@ def test_sadcl_trains_with_the_engine_and_resumes_its_state(tmp_path):
 
 
 def test_a_stage_two_run_loads_and_resumes_after_its_stage_one_files_are_gone(tmp_path):
-    from mlcl.engine import load_method
-
     stage_one = tmp_path / "q2l.pt"
     torch.save({"model": make_method("q2l", seed=3).state_dict(), "ema": None}, stage_one)
     prototypes = tmp_path / "prototypes.npy"
