@@ -37,7 +37,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # synthetic | coco2014 | coco2017 | voc2007 | voc2012 | nuswide
+    # synthetic | coco2014 | coco2017 | voc2007 | voc2012 | nuswide | csv (your own images)
+    dataset: str = "synthetic"
     root: str = ""  # synthetic: "" = generated on first use under $MLCL_DATA_DIR or ~/.cache/mlcl
     image_size: int = 128
     batch_size: int = 32  # per process
@@ -57,6 +58,12 @@ class DataConfig:
     # no RandAugment there (mlcl.data.device_decode).
     decode: Literal["loader", "device"] = "loader"
     limit_train: int = 0  # use only the first N training images (0 = all)
+    # Fraction of the training images held out (a fixed, seeded draw) as the "holdout" split,
+    # on which `mlcl evaluate --calibrate` picks per-class thresholds; training never sees them.
+    holdout: float = 0.0
+    # An image that cannot be decoded during training: error ends the run naming the file;
+    # skip leaves it out of its batch, counts it, and names it in the log and the summary.
+    bad_images: Literal["error", "skip"] = "error"
     limit_val: int = 0
     # Normalisation of the backbone's pre-training (timm's ResNets: ImageNet).
     mean: tuple[float, float, float] = IMAGENET_MEAN
