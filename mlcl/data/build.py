@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlcl.data.coco import coco_files, load_coco
+from mlcl.data.csv_folder import load_csv_folder
 from mlcl.data.dataset import MultiLabelDataset, Transform
 from mlcl.data.nuswide import load_nuswide
 from mlcl.data.single_positive import make_single_positive
@@ -12,7 +13,7 @@ from mlcl.data.synthetic import ensure_synthetic
 from mlcl.data.voc import load_voc
 from mlcl.errors import DataError
 
-DATASETS = ("synthetic", "coco2014", "coco2017", "voc2007", "voc2012", "nuswide")
+DATASETS = ("synthetic", "coco2014", "coco2017", "voc2007", "voc2012", "nuswide", "csv")
 SPLITS = ("train", "val")
 LABEL_MODES = ("full", "single_positive")
 
@@ -70,8 +71,10 @@ def build_dataset(
         dataset = load_voc(
             root, name[-4:], split, transform, use_difficult=use_difficult, name=title
         )
-    else:
+    elif name == "nuswide":
         dataset = load_nuswide(root, split, transform, keep_empty=keep_empty, name=title)
+    else:
+        dataset = load_csv_folder(root, split, transform, name=title)
 
     dataset = dataset.subset(limit)
     if labels == "single_positive":

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from mlcl.data.build import DATASETS, SPLITS
 from mlcl.data.coco import coco_files, coco_problems, load_coco, read_coco_json
+from mlcl.data.csv_folder import csv_split_problems, load_csv_folder, read_classes
 from mlcl.data.dataset import MultiLabelDataset, load_rgb
 from mlcl.data.nuswide import (
     SPLIT_FILES,
@@ -106,7 +107,9 @@ def check_dataset(
 
 
 def _family(name: str) -> str:
-    return "voc" if name.startswith("voc") else "nuswide" if name == "nuswide" else "coco"
+    if name.startswith("voc"):
+        return "voc"
+    return name if name in ("nuswide", "csv") else "coco"
 
 
 SplitCheck = Callable[[str, Path, str, list[str]], tuple[list[Path], MultiLabelDataset | None]]
@@ -176,10 +179,26 @@ def _check_nuswide_split(name: str, root: Path, split: str, problems: list[str])
     return image_paths, _load_or_record(lambda: load_nuswide(root, split), problems)
 
 
+def _check_csv_split(name: str, root: Path, split: str, problems: list[str]):
+    class_problems: list[str] = []
+    class_names = read_classes(root, class_problems)
+    if split == "train":  # classes.txt serves both splits: report its problems once
+        problems += class_problems
+    _, image_paths, found = csv_split_problems(root, split, class_names)
+    problems += found
+    if found or class_problems:
+        return image_paths, None
+    # Missing images are reported by the image check that follows, one line each.
+    if not all(path.is_file() for path in image_paths):
+        return image_paths, None
+    return image_paths, _load_or_record(lambda: load_csv_folder(root, split), problems)
+
+
 _SPLIT_CHECKS: dict[str, SplitCheck] = {
     "coco": _check_coco_split,
     "voc": _check_voc_split,
     "nuswide": _check_nuswide_split,
+    "csv": _check_csv_split,
 }
 
 

@@ -75,8 +75,8 @@ def download_command(args: argparse.Namespace) -> int:
 
     if args.print_only or args.dataset not in ARCHIVES:
         print(instructions(args.dataset), end="")
-        # Nothing downloaded: fine for the built-in data, a failure for NUS-WIDE.
-        return 0 if args.print_only or args.dataset == "synthetic" else 1
+        # Nothing to download for the built-in data and your own; a failure for NUS-WIDE.
+        return 0 if args.print_only or args.dataset in ("synthetic", "csv") else 1
     if not args.root:
         print("mlcl data download: --root is required to download (or use --print-only)")
         return 2

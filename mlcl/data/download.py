@@ -108,14 +108,25 @@ $MLCL_DATA_DIR (or ~/.cache/mlcl).
 """
 
 
+CSV_INSTRUCTIONS = """\
+csv is your own data; nothing to download. Lay it out as
+  ROOT/train.csv, ROOT/val.csv   file_name,labels (labels separated by "|"), one row per image
+  ROOT/images/...                the images; file_name is relative to this folder
+  ROOT/classes.txt               optional: one class name per line (else the sorted labels)
+then check it: mlcl data check csv --root ROOT
+"""
+
+
 def instructions(name: str) -> str:
     """What a user does to get data set ``name``: URLs, sizes, layout, terms, the check command."""
     if name == "synthetic":
         return SYNTHETIC_INSTRUCTIONS
     if name == "nuswide":
         return NUSWIDE_INSTRUCTIONS
+    if name == "csv":
+        return CSV_INSTRUCTIONS
     if name not in ARCHIVES:
-        known = ", ".join([*ARCHIVES, "nuswide", "synthetic"])
+        known = ", ".join([*ARCHIVES, "nuswide", "synthetic", "csv"])
         raise DataError(f"unknown data set {name!r} (known: {known})")
     lines = [
         f"{name}: download and unpack into ROOT (or run `mlcl data download {name} --root ROOT`):"
@@ -132,7 +143,7 @@ def instructions(name: str) -> str:
 def download(name: str, root: str | Path) -> Path:
     """Download and unpack the archives of ``name`` into ``root``; return ``root``.
 
-    Only COCO and VOC have public archives; for ``nuswide`` (and ``synthetic``) this raises
+    Only COCO and VOC have public archives; for ``nuswide`` (and ``synthetic``, ``csv``) this raises
     ``DataError`` with :func:`instructions`. Archives already present with the right checksum
     are not downloaded again (torchvision checks them).
     """
