@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 NB     ?= notebooks/01_data_and_metrics.ipynb
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test book chapter lint format data clean clean-all
+.PHONY: help setup test book chapter lint format data colab-cells clean clean-all
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ lint: setup  ## ruff
 format: setup  ## ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format mlcl tests
+
+colab-cells: setup  ## rewrite each chapter's Colab set-up cell from repository.url in _config.yml
+	$(PY) tools/colab_cells.py
 
 data: data/synthetic/mlcl_synthetic.json  ## write the built-in synthetic data set to data/synthetic
 
