@@ -10,8 +10,10 @@ path to any YAML file works the same way. A preset may start from another with `
 its first comment line is its description (``mlcl presets``).
 
 Every value is checked against its field's type: an unknown key, a value of the wrong type or a
-choice outside a ``Literal`` raises ``ConfigError`` naming the key. YAML is read with YAML 1.2's
-scalars: ``off`` and ``no`` are strings, ``1e-4`` is a number.
+choice outside a ``Literal`` raises ``ConfigError`` naming the key. A numeric field declared with
+:func:`ranged` is also checked against its range (``data.image_size: must be > 0, got -5``), so a
+bad number stops the run here rather than as a traceback in a loader worker. YAML is read with
+YAML 1.2's scalars: ``off`` and ``no`` are strings, ``1e-4`` is a number.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -35,44 +38,82 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+@dataclass(frozen=True)
+class Range:
+    """Where a number must lie: ``"> 0"``, ``">= 0"``, or an interval ``"[0, 1)"``, ``"(0, 1)"``.
+    Infinities and NaN are outside every range."""
+
+    low: float
+    high: float
+    low_open: bool
+    high_open: bool
+    text: str  # as messages write it: "> 0", "in [0, 1)"
+
+    @classmethod
+    def parse(cls, rule: str) -> Range:
+        bound = re.fullmatch(r">(=?)\s*(\S+)", rule)
+        if bound:
+            return cls(float(bound[2]), math.inf, not bound[1], True, rule)
+        interval = re.fullmatch(r"([\[(])\s*([^,\s]+)\s*,\s*([^\s\])]+)\s*([\])])", rule)
+        if interval:
+            low, high = float(interval[2]), float(interval[3])
+            return cls(low, high, interval[1] == "(", interval[4] == ")", f"in {rule}")
+        raise ValueError(f"not a range: {rule!r} (write '> 0', '>= 0' or '[0, 1)')")
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+
+def ranged(default: Any, rule: str) -> Any:
+    """A dataclass field with a default whose value, or each value of a tuple, must lie in
+    ``rule`` (see :class:`Range`); configuration sections and method options declare their
+    numeric fields with it."""
+    return field(default=default, metadata={"range": Range.parse(rule)})
+
+
 @dataclass
 class DataConfig:
     # synthetic | coco2014 | coco2017 | voc2007 | voc2012 | nuswide | csv (your own images)
     dataset: str = "synthetic"
     root: str = ""  # synthetic: "" = generated on first use under $MLCL_DATA_DIR or ~/.cache/mlcl
-    image_size: int = 128
-    batch_size: int = 32  # per process
-    eval_batch_size: int = 0  # 0: same as batch_size
-    workers: int = 2
+    image_size: int = ranged(128, "> 0")
+    batch_size: int = ranged(32, "> 0")  # per process
+    eval_batch_size: int = ranged(0, ">= 0")  # 0: same as batch_size
+    workers: int = ranged(2, ">= 0")
     # single_positive: one observed positive per training image, the others unknown
     labels: Literal["full", "single_positive"] = "full"
-    single_positive_seed: int = 0
+    single_positive_seed: int = ranged(0, ">= 0")
     keep_empty: bool = True  # COCO: keep images without annotations (all-negative)
     use_difficult: bool = False  # VOC: count objects marked difficult as positives
     augment: Literal["flip", "crop"] = "flip"  # flip: resize + flip | crop: random resized crop
     randaugment: bool = False
-    cutout: float = 0.0  # side of the Cutout hole as a fraction of the image side; 0 = off
+    # Side of the Cutout hole as a fraction of the image side; 0 = off
+    cutout: float = ranged(0.0, "[0, 1)")
     # Where JPEGs are decoded. loader: in the loader's workers (PIL), the usual. device: the
     # workers only read the files' bytes, and the engine decodes and augments each batch on the
     # training device (nvjpeg on a GPU), for nodes with too few CPU cores per GPU to keep up;
     # no RandAugment there (mlcl.data.device_decode).
     decode: Literal["loader", "device"] = "loader"
-    limit_train: int = 0  # use only the first N training images (0 = all)
+    limit_train: int = ranged(0, ">= 0")  # use only the first N training images (0 = all)
     # Fraction of the training images held out (a fixed, seeded draw) as the "holdout" split,
     # on which `mlcl evaluate --calibrate` picks per-class thresholds; training never sees them.
-    holdout: float = 0.0
+    holdout: float = ranged(0.0, "[0, 1)")
     # An image that cannot be decoded during training: error ends the run naming the file;
     # skip leaves it out of its batch, counts it, and names it in the log and the summary.
     bad_images: Literal["error", "skip"] = "error"
-    limit_val: int = 0
+    limit_val: int = ranged(0, ">= 0")
     # Normalisation of the backbone's pre-training (timm's ResNets: ImageNet).
     mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    std: tuple[float, float, float] = ranged(IMAGENET_STD, "> 0")
     # The built-in data set is generated at `root` on first use with these sizes.
-    synthetic_train: int = 2000
-    synthetic_val: int = 500
-    synthetic_seed: int = 0
-    synthetic_image_size: int = 128
+    synthetic_train: int = ranged(2000, "> 0")
+    synthetic_val: int = ranged(500, "> 0")
+    synthetic_seed: int = ranged(0, ">= 0")
+    synthetic_image_size: int = ranged(128, "> 0")
 
 
 @dataclass
@@ -81,34 +122,37 @@ class ModelConfig:
     backbone: str = "resnet18"  # any timm model name
     pretrained: bool = False  # ImageNet weights from the timm hub (needs the internet)
     pretrained_file: str = ""  # or from a local file (.pth / .safetensors)
-    output_stride: int = 0  # 0: the backbone's own (32 for ResNets); 16 or 8 dilate the last stages
+    # 0: the backbone's own (32 for ResNets); 16 or 8 dilate the last stages
+    output_stride: int = ranged(0, ">= 0")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr: float = ranged(1e-3, ">= 0")  # 0 freezes the weights (a control run)
+    weight_decay: float = ranged(1e-4, ">= 0")
+    betas: tuple[float, float] = ranged((0.9, 0.999), "[0, 1)")
     # The learning rate follows the schedule per iteration; a method's parameter group may set
     # its own "lr", which the schedule then scales the same way.
     schedule: Literal["onecycle", "cosine", "constant", "step"] = "onecycle"
-    warmup_epochs: float = 0.0  # cosine / constant / step: linear warm-up length
-    pct_start: float = 0.2  # onecycle: fraction of steps spent warming up
-    step_epochs: float = 1.0  # step: multiply the learning rate by step_gamma every step_epochs
-    step_gamma: float = 0.1
-    grad_clip: float = 10.0  # max gradient norm, per phase; 0 = off
+    warmup_epochs: float = ranged(0.0, ">= 0")  # cosine / constant / step: linear warm-up length
+    pct_start: float = ranged(0.2, "(0, 1)")  # onecycle: fraction of steps spent warming up
+    # The step schedule multiplies the learning rate by step_gamma every step_epochs.
+    step_epochs: float = ranged(1.0, "> 0")
+    step_gamma: float = ranged(0.1, "> 0")
+    grad_clip: float = ranged(10.0, ">= 0")  # max gradient norm, per phase; 0 = off
 
 
 @dataclass
 class RunConfig:
     out_dir: str = "runs/default"
-    epochs: int = 10
-    max_steps: int = 0  # stop after this many optimisation iterations in total (0 = no limit)
-    seed: int = 0
+    epochs: int = ranged(10, "> 0")
+    # Stop after this many optimisation iterations in total (0 = no limit)
+    max_steps: int = ranged(0, ">= 0")
+    seed: int = ranged(0, ">= 0")  # NumPy's SeedSequence takes no negative seed
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # auto: bf16 on GPUs that support it, fp16 with a gradient scaler on other GPUs, off on the CPU
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    ema: float = 0.0  # EMA decay of the weights evaluated alongside (0 = no EMA)
+    ema: float = ranged(0.0, "[0, 1)")  # EMA decay of the weights evaluated alongside (0 = no EMA)
     ema_warmup: bool = False  # let the EMA decay grow towards `ema` (timm's warm-up; short runs)
     compile: bool = False  # torch.compile the training forward
     # torch.compile's mode, with run.compile. reduce-overhead replays the step as CUDA graphs
@@ -122,12 +166,14 @@ class RunConfig:
     ] = "default"
     channels_last: bool = True
     sync_bn: bool = False  # distributed on GPUs: BatchNorm statistics over the global batch
-    threshold: float = 0.5  # for CP / CR / CF1 / OP / OR / OF1
-    early_stop: int = 0  # stop after this many epochs without a better mAP (0 = off)
-    max_bad_steps: int = 3  # stop the run after this many non-finite losses in a row
+    threshold: float = ranged(0.5, "(0, 1)")  # for CP / CR / CF1 / OP / OR / OF1
+    # Stop after this many epochs without a better mAP (0 = off)
+    early_stop: int = ranged(0, ">= 0")
+    max_bad_steps: int = ranged(3, "> 0")  # stop the run after this many non-finite losses in a row
     progress: bool = True
     checkpoint: bool = True  # write checkpoint_last.pt / checkpoint_best.pt
-    checkpoint_every: int = 0  # also write checkpoint_last.pt every this many iterations (0 = off)
+    # Also write checkpoint_last.pt every this many iterations (0 = off)
+    checkpoint_every: int = ranged(0, ">= 0")
 
 
 @dataclass
@@ -274,9 +320,13 @@ def _read_with_bases(preset_or_path: str | Path, seen: tuple[str, ...]) -> dict[
     if str(path) in seen:
         raise ConfigError(f"{path}: 'base' presets form a cycle")
     try:
-        raw = _load_yaml(path.read_text()) or {}
+        raw = _load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a configuration is YAML text)") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(err)})") from None
+    if raw is None:  # an empty file, or comments only: more likely a mistake than "defaults"
+        raise ConfigError(f"{path}: empty configuration file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a configuration must be a mapping")
     base = raw.pop("base", None)
@@ -285,6 +335,14 @@ def _read_with_bases(preset_or_path: str | Path, seen: tuple[str, ...]) -> dict[
     merged = _read_with_bases(base, (*seen, str(path)))
     _deep_update(merged, raw)
     return merged
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: what is wrong, and where."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return f"{err.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(err).split())
 
 
 def _locate(preset_or_path: str | Path) -> Path:
@@ -344,7 +402,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix}: must be a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for name, value in values.items():
         key = f"{prefix}.{name}"
@@ -352,7 +410,19 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
             known = ", ".join(sorted(fields)) or "none"
             raise ConfigError(f"{key}: unknown key (known: {known})")
         kwargs[name] = _coerce(value, hints[name], key)
+        _check_range(kwargs[name], fields[name], key, value)
     return cls(**kwargs)
+
+
+def _check_range(value: Any, spec: dataclasses.Field, key: str, written: Any) -> None:
+    """``ConfigError`` naming ``key`` and the value as ``written`` when ``value`` (each value of a
+    tuple) lies outside the field's :func:`ranged` range."""
+    allowed = spec.metadata.get("range")
+    if allowed is None:
+        return
+    values = value if isinstance(value, tuple) else (value,)
+    if not all(item in allowed for item in values):
+        raise ConfigError(f"{key}: must be {allowed.text}, got {written!r}")
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

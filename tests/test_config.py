@@ -65,6 +65,11 @@ def test_words_like_off_stay_strings():
         ("run.compile_mode=fast", r"run\.compile_mode: 'fast' is not one of default, reduce-ove"),
         ("data.decode=gpu", r"data\.decode: 'gpu' is not one of loader, device"),
         ("model.method=nonsense", r"model\.method: unknown method 'nonsense'"),
+        ("data.image_size=-5", r"^data\.image_size: must be > 0, got -5$"),
+        ("optim.betas=[0.9, 1.0]", r"^optim\.betas: must be in \[0, 1\), got \[0\.9, 1\.0\]$"),
+        ("run.threshold=0", r"^run\.threshold: must be in \(0, 1\), got 0$"),
+        ("optim.lr=.inf", r"^optim\.lr: must be >= 0, got inf$"),
+        ("method.gamma_neg=-1", r"^method\.gamma_neg: must be >= 0, got -1$"),
         ("no-equals-sign", "an override reads section.key=value"),
     ],
 )
@@ -91,6 +96,25 @@ def test_errors_in_a_yaml_file_name_the_file_and_key(tmp_path):
     path.write_text("- a list\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: a configuration must be a mapping"):
         load_config(path)
+    path.write_text("# only a comment\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: empty configuration file"):
+        load_config(path)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not a text file"):
+        load_config(path)
+
+
+def test_yaml_errors_are_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  root: [unclosed\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "\n" not in str(caught.value) and "line 3" in str(caught.value)
+
+
+def test_a_value_on_a_ranges_edge_is_accepted():
+    config = load_config(None, {"data.workers": 0, "run.ema": 0, "optim.betas": [0, 0.5]})
+    assert (config.data.workers, config.run.ema, config.optim.betas) == (0, 0.0, (0.0, 0.5))
 
 
 def test_base_presets_chain_and_cycles_are_caught(tmp_path):

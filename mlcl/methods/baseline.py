@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mlcl.config import ranged
 from mlcl.losses import asymmetric_loss, binary_cross_entropy
 from mlcl.methods.base import Batch, Method, MethodOptions
 from mlcl.methods.registry import register_method
@@ -22,9 +23,9 @@ class ClassificationLossOptions(MethodOptions):
     """The classification loss, shared by every method that classifies with ASL or BCE."""
 
     loss: str = "asl"  # asl | bce
-    gamma_pos: float = 0.0  # ASL paper defaults: γ+ = 0, γ− = 4, margin 0.05
-    gamma_neg: float = 4.0
-    clip: float = 0.05
+    gamma_pos: float = ranged(0.0, ">= 0")  # ASL paper defaults: γ+ = 0, γ− = 4, margin 0.05
+    gamma_neg: float = ranged(4.0, ">= 0")
+    clip: float = ranged(0.05, "[0, 1)")
     reduction: str = "sum"  # sum (the ASL / Query2Label code) | mean
 
 
@@ -48,7 +49,7 @@ def classification_loss(
 
 @dataclass
 class BaselineOptions(ClassificationLossOptions):
-    dropout: float = 0.0  # before the classifier
+    dropout: float = ranged(0.0, "[0, 1)")  # before the classifier
 
 
 @register_method

@@ -27,6 +27,7 @@ from typing import ClassVar
 
 import torch
 
+from mlcl.config import ranged
 from mlcl.losses import multilabel_supcon_loss
 from mlcl.methods.base import Batch, Method
 from mlcl.methods.baseline import ClassificationLossOptions, classification_loss
@@ -43,13 +44,15 @@ class MulConOptions(ClassificationLossOptions):
     # MulCon trains its classifiers with binary cross-entropy.
     loss: str = "bce"
     reduction: str = "mean"
-    hidden_dim: int = 0  # D of the label-level embeddings; 0 = the backbone's channels
-    key_dim: int = 0  # d_k of the attention; 0 = D
-    projection_dim: int = 128  # SupCon's projection size
-    projection_hidden_dim: int = 0  # 0 = D
-    temperature: float = 0.1  # SupCon's paper setting
-    contrastive_weight: float = 1.0
-    contrastive_start_epoch: int = 0  # epochs before this one train without the contrastive term
+    # D of the label-level embeddings; 0 = the backbone's channels
+    hidden_dim: int = ranged(0, ">= 0")
+    key_dim: int = ranged(0, ">= 0")  # d_k of the attention; 0 = D
+    projection_dim: int = ranged(128, "> 0")  # SupCon's projection size
+    projection_hidden_dim: int = ranged(0, ">= 0")  # 0 = D
+    temperature: float = ranged(0.1, "> 0")  # SupCon's paper setting
+    contrastive_weight: float = ranged(1.0, ">= 0")
+    # Epochs before this one train without the contrastive term
+    contrastive_start_epoch: int = ranged(0, ">= 0")
     init_from: str = ""  # a checkpoint whose model.* weights start this run (stage 2)
     init_from_ema: bool = False
 

@@ -24,6 +24,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from mlcl.config import ranged
 from mlcl.errors import CheckpointError, ConfigError
 from mlcl.methods.base import Batch, Method
 from mlcl.methods.baseline import ClassificationLossOptions, classification_loss
@@ -37,13 +38,14 @@ class Q2LOptions(ClassificationLossOptions):
     start_only: ClassVar[tuple[str, ...]] = ("init_from",)
 
     # ASL as in SADCL's scripts: γ+ = 0, γ− = 4, no probability margin (clip 0).
-    clip: float = 0.0
-    hidden_dim: int = 0  # D; 0 = the backbone's channels, no input projection (SADCL: 2048)
-    heads: int = 4  # SADCL / Query2Label: 4
-    encoder_layers: int = 1  # SADCL: 1
-    decoder_layers: int = 2  # SADCL: 2
-    ff_dim: int = 0  # 0 = 4·D (SADCL: 8192)
-    dropout: float = 0.1  # SADCL: 0.1
+    clip: float = ranged(0.0, "[0, 1)")
+    # D; 0 = the backbone's channels, no input projection (SADCL: 2048)
+    hidden_dim: int = ranged(0, ">= 0")
+    heads: int = ranged(4, "> 0")  # SADCL / Query2Label: 4
+    encoder_layers: int = ranged(1, ">= 0")  # SADCL: 1
+    decoder_layers: int = ranged(2, "> 0")  # SADCL: 2
+    ff_dim: int = ranged(0, ">= 0")  # 0 = 4·D (SADCL: 8192)
+    dropout: float = ranged(0.1, "[0, 1)")  # SADCL: 0.1
     query_self_attention: bool = False  # SADCL's run drops it (keep_*_self_attn_dec = false)
     init_from: str = ""  # a checkpoint whose model.* weights start this run (stage 2)
     init_from_ema: bool = False  # take that checkpoint's EMA weights instead

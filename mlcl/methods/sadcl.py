@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mlcl.config import ranged
 from mlcl.distributed import all_reduce_sum
 from mlcl.errors import ConfigError
 from mlcl.losses import label_supcon_loss, pscl_loss
@@ -65,17 +66,19 @@ from mlcl.models.projector import Projector
 class SADCLOptions(Q2LOptions):
     start_only: ClassVar[tuple[str, ...]] = ("init_from", "prototypes_file")
 
-    projection_dim: int = 1024  # SADCL's projector: Linear(D, D) → ReLU → Linear(D, 1024)
-    sscl_weight: float = 100.0  # SADCL's code
-    pscl_weight: float = 50.0  # SADCL's code
-    sscl_temperature: float = 0.2  # SADCL
-    pscl_temperature: float = 0.07  # SADCL
+    # SADCL's projector: Linear(D, D) → ReLU → Linear(D, 1024)
+    projection_dim: int = ranged(1024, "> 0")
+    sscl_weight: float = ranged(100.0, ">= 0")  # SADCL's code
+    pscl_weight: float = ranged(50.0, ">= 0")  # SADCL's code
+    sscl_temperature: float = ranged(0.2, "> 0")  # SADCL
+    pscl_temperature: float = ranged(0.07, "> 0")  # SADCL
     pscl_absent_classes: bool = True  # the code's term for classes absent from the batch
-    memory_threshold: float = 0.8  # SADCL: memory slots take features predicted with p > 0.8
+    # SADCL: memory slots take features predicted with p > 0.8
+    memory_threshold: float = ranged(0.8, "(0, 1)")
     prototype_update: Literal["learned", "momentum"] = "learned"  # code | paper
-    prototype_momentum: float = 0.99  # the constant in SADCL's code
+    prototype_momentum: float = ranged(0.99, "[0, 1)")  # the constant in SADCL's code
     prototypes_file: str = ""  # [C, D] class means of a stage-1 model; "" = from first batches
-    contrastive_start_epoch: int = 0  # epochs before this one train with ASL alone
+    contrastive_start_epoch: int = ranged(0, ">= 0")  # epochs before this one train with ASL alone
 
 
 @register_method

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from mlcl.config import ranged
 from mlcl.distributed import all_reduce_sum
 from mlcl.losses.scene import batch_entropy_gap, sample_entropy
 from mlcl.methods.base import Batch, Method
@@ -47,23 +48,27 @@ from mlcl.scene_metrics import normalized_mutual_info, purity, usage_entropy
 @dataclass
 class SALGLOptions(ClassificationLossOptions):
     # ASL as in the SALGL training recipe: γ+ = 0, γ− = 2, no probability margin.
-    gamma_neg: float = 2.0
-    clip: float = 0.0
-    num_scenes: int = 6  # K: 6 latent scenes for COCO (SALGL)
+    gamma_neg: float = ranged(2.0, ">= 0")
+    clip: float = ranged(0.0, "[0, 1)")
+    num_scenes: int = ranged(6, "> 0")  # K: 6 latent scenes for COCO (SALGL)
     soft: bool = False  # soft scene assignment for the counts and the graph (COCO config: hard)
     ignore_self: bool = False  # zero P(i | i) before normalising (reference: off)
     normalize: bool = True  # row-normalise the conditional probabilities (reference: on)
-    sample_entropy_weight: float = 1.0
-    batch_entropy_weight: float = 1.0
-    batch_entropy_scale: float = 100.0  # the reference multiplies log K − H(q̄) by 100
-    feature_dim: int = 0  # 0: the backbone's channels (SALGL); > 0: 1 × 1 projection (CPU runs)
-    embedding_dim: int = 300  # learned label embeddings (GloVe's size; no word vectors offline)
-    attention_dim: int = 1024
-    graph_steps: int = 3  # GGNN steps T
-    encoder_layers: int = 1  # transformer encoder over the tokens: 1 layer, 8 heads, FF 2048
-    encoder_heads: int = 8
-    encoder_ff_dim: int = 2048
-    encoder_dropout: float = 0.1
+    sample_entropy_weight: float = ranged(1.0, ">= 0")
+    batch_entropy_weight: float = ranged(1.0, ">= 0")
+    # The reference multiplies log K − H(q̄) by 100
+    batch_entropy_scale: float = ranged(100.0, ">= 0")
+    # 0: the backbone's channels (SALGL); > 0: 1 × 1 projection (CPU runs)
+    feature_dim: int = ranged(0, ">= 0")
+    # Learned label embeddings (GloVe's size; no word vectors offline)
+    embedding_dim: int = ranged(300, "> 0")
+    attention_dim: int = ranged(1024, "> 0")
+    graph_steps: int = ranged(3, ">= 0")  # GGNN steps T
+    # Transformer encoder over the tokens: 1 layer, 8 heads, FF 2048
+    encoder_layers: int = ranged(1, ">= 0")
+    encoder_heads: int = ranged(8, "> 0")
+    encoder_ff_dim: int = ranged(2048, "> 0")
+    encoder_dropout: float = ranged(0.1, "[0, 1)")
     position_encoding: bool = False  # off in the COCO configuration
 
 

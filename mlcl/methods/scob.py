@@ -46,6 +46,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from mlcl.config import ranged
 from mlcl.distributed import all_gather_cat
 from mlcl.losses.single_positive import role_loss, semantic_contrastive_loss
 from mlcl.methods.base import Batch, Method, MethodOptions, split_weight_decay
@@ -59,31 +60,31 @@ from mlcl.models.masked_transformer import SemanticMaskedTransformer
 @dataclass
 class ScobOptions(MethodOptions):
     # k̂ of the EPR terms: the expected number of positives per image (Cole et al.: 2.9 on COCO).
-    expected_positives: float = 2.9
+    expected_positives: float = ranged(2.9, "> 0")
     # The semantic masked transformer (Scob's code: 1024-d, 2 layers, 8 heads, FF 2048, dropout 0.1).
-    dim: int = 1024
-    num_layers: int = 2
-    num_heads: int = 8
-    ff_dim: int = 2048
-    dropout: float = 0.1
+    dim: int = ranged(1024, "> 0")
+    num_layers: int = ranged(2, ">= 0")
+    num_heads: int = ranged(8, "> 0")
+    ff_dim: int = ranged(2048, "> 0")
+    dropout: float = ranged(0.1, "[0, 1)")
     freeze_backbone: bool = False  # the code freezes its ImageNet ResNet-50
     # Label estimator: σ(initial logits) uniform in 0.2…0.8 (Scob's code).
-    estimator_init: tuple[float, float] = (0.2, 0.8)
+    estimator_init: tuple[float, float] = ranged((0.2, 0.8), "(0, 1)")
     # Contrastive step (Scob's code defaults): EMA α, τ, λ.
-    momentum: float = 0.999
-    temperature: float = 1.0
-    contrastive_weight: float = 0.1
+    momentum: float = ranged(0.999, "[0, 1)")
+    temperature: float = ranged(1.0, "> 0")
+    contrastive_weight: float = ranged(0.1, ">= 0")
     hard_correlation: bool = False  # true in the code: R < 1 counts as 0 (own class off only)
-    bank_size: int = 2  # confident object features kept per class
-    negatives_per_class: int = 1  # of which the most confident are the negatives
-    cam_threshold: float = 0.5
+    bank_size: int = ranged(2, "> 0")  # confident object features kept per class
+    negatives_per_class: int = ranged(1, "> 0")  # of which the most confident are the negatives
+    cam_threshold: float = ranged(0.5, "(0, 1)")
     crop_corners: bool = True
     # Learning rates as multiples of optim.lr, the classifier's: Scob's code uses classifier and
     # 1×1 convolutions 1e-3, transformer 4e-5, projector 1e-2, label estimator 1e-2.
-    lr_scale_transformer: float = 0.04
-    lr_scale_projector: float = 10.0
-    lr_scale_estimator: float = 10.0
-    lr_scale_backbone: float = 1.0
+    lr_scale_transformer: float = ranged(0.04, ">= 0")
+    lr_scale_projector: float = ranged(10.0, ">= 0")
+    lr_scale_estimator: float = ranged(10.0, ">= 0")
+    lr_scale_backbone: float = ranged(1.0, ">= 0")
 
 
 def strong_augmentation() -> v2.Compose:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from mlcl.config import ranged
 from mlcl.distributed import all_gather_cat
 from mlcl.errors import ConfigError
 from mlcl.losses.single_positive import (
@@ -176,12 +177,15 @@ class SinglePositiveOptions(MethodOptions):
     loss: Literal["an", "an_ls", "wan", "epr", "role", "em"] = "an"
     # k̂, the expected number of positives per image (EPR, ROLE): Cole et al. use the training
     # set's mean, 2.9 on COCO 2014, 1.5 on VOC 2012, 1.9 on NUS-WIDE.
-    expected_positives: float = 2.9
-    label_smoothing: float = 0.1  # AN-LS: ε (Cole et al.)
-    em_alpha: float = 0.1  # EM: α (Zhou et al. 2022: 0.1 COCO / NUS-WIDE, 0.2 VOC)
-    estimator_init: tuple[float, float] = (0.4, 0.6)  # ROLE: σ of the initial logits
-    lr_scale_estimator: float = 10.0  # ROLE: the estimator learns 10× faster (Cole et al.)
-    dropout: float = 0.0  # before the classifier (the baseline's option)
+    expected_positives: float = ranged(2.9, "> 0")
+    label_smoothing: float = ranged(0.1, "[0, 1)")  # AN-LS: ε (Cole et al.)
+    # EM: α (Zhou et al. 2022: 0.1 COCO / NUS-WIDE, 0.2 VOC)
+    em_alpha: float = ranged(0.1, "[0, 1]")
+    # ROLE: σ of the initial logits
+    estimator_init: tuple[float, float] = ranged((0.4, 0.6), "(0, 1)")
+    # ROLE: the estimator learns 10× faster (Cole et al.)
+    lr_scale_estimator: float = ranged(10.0, ">= 0")
+    dropout: float = ranged(0.0, "[0, 1)")  # before the classifier (the baseline's option)
 
 
 @register_method
