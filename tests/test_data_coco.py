@@ -189,3 +189,29 @@ def test_missing_truncated_and_non_image_files(tmp_path):
     (image_dir / "c.jpg").write_bytes(content[: len(content) // 2])
     with pytest.raises(DataError, match=r"c\.jpg: cannot decode image"):
         dataset[2]
+
+
+@pytest.mark.parametrize("file_name", ["../../../elsewhere/x.jpg", "/etc/passwd", "a/../../x.jpg"])
+def test_an_image_path_outside_the_root_is_refused(tmp_path, file_name):
+    data = coco_data()
+    data["images"][1]["file_name"] = file_name  # image id 10
+    path = write_coco(tmp_path, data, images=False)
+    with pytest.raises(DataError) as caught:
+        load_coco(path, tmp_path / "images" / "train")
+    message = str(caught.value)
+    assert message.startswith(f"{path}: image id 10: image path {file_name!r}")
+    assert "\n" not in message
+
+
+def test_an_image_path_that_stays_inside_the_root_is_kept(tmp_path):
+    data = coco_data()
+    data["images"][1]["file_name"] = "sub/../a.jpg"
+    path = write_coco(tmp_path, data, images=False)
+    dataset = load_coco(path, tmp_path / "images" / "train")
+    assert dataset.image_paths[0] == tmp_path / "images" / "train" / "a.jpg"
+
+
+def test_a_file_name_that_is_not_a_string(tmp_path):
+    data = coco_data()
+    data["images"][0]["file_name"] = 7
+    assert_data_error(tmp_path, data, "images[0]: file_name must be a string")

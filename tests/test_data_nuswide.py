@@ -85,3 +85,16 @@ def test_empty_split_and_missing_root(tmp_path):
         build_dataset("nuswide", tmp_path, "val")
     with pytest.raises(DataError, match="data root does not exist"):
         build_dataset("nuswide", tmp_path / "missing", "val")
+
+
+def test_an_image_path_outside_the_root_is_refused(tmp_path):
+    write_nuswide(tmp_path)
+    image_list = tmp_path / "ImageList" / "TrainImagelist.txt"
+    lines = image_list.read_text().splitlines()
+    lines[2] = "..\\..\\elsewhere\\x.jpg"  # Windows-style, as the lists write paths
+    image_list.write_text("\r\n".join(lines) + "\r\n")
+    with pytest.raises(DataError) as caught:
+        build_dataset("nuswide", tmp_path, "train")
+    assert str(caught.value).startswith(
+        f"{image_list}: line 3: image path '../../elsewhere/x.jpg' leads outside the data root"
+    )

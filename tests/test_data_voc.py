@@ -108,3 +108,14 @@ def test_bad_xml_unknown_class_and_missing_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no VOC2007 folder"):
         build_dataset("voc2007", tmp_path / "empty", "train")
+
+
+def test_an_image_id_that_leaves_the_voc_folder_is_refused(tmp_path):
+    folder = write_voc(tmp_path)
+    image_set = folder / "ImageSets" / "Main" / "trainval.txt"
+    image_set.write_text("000001\n\n../../../elsewhere/x\n")
+    with pytest.raises(DataError) as caught:
+        build_dataset("voc2007", tmp_path, "train")
+    assert str(caught.value).startswith(
+        f"{image_set}: line 3: image path '../../../elsewhere/x.xml' leads outside"
+    )

@@ -33,6 +33,7 @@ import torch
 from pycocotools.coco import COCO
 
 from mlcl.data.dataset import MultiLabelDataset, Transform
+from mlcl.data.paths import resolve_inside
 from mlcl.errors import DataError
 
 # Keys of a COCO image record that are not extra per-image information.
@@ -94,6 +95,8 @@ def coco_problems(data: dict[str, Any], path: str | Path) -> list[str]:
             bad = [f for f in fields if f.endswith("id") and not isinstance(record[f], int)]
             if bad:
                 problems.append(f"{path}: {key}[{position}]: {', '.join(bad)} must be integers")
+            if key == "images" and not isinstance(record["file_name"], str):
+                problems.append(f"{path}: images[{position}]: file_name must be a string")
     if problems:
         return problems
     for key, record_name in (
@@ -163,7 +166,8 @@ def load_coco(
         if not keep_empty and not present.any():
             continue
         record = coco.imgs[image_id]
-        image_paths.append(Path(image_dir) / record["file_name"])
+        entry = f"image id {image_id}"
+        image_paths.append(resolve_inside(image_dir, record["file_name"], annotation_file, entry))
         rows.append(present)
         extra = {k: v for k, v in record.items() if k not in _STANDARD_IMAGE_KEYS}
         image_info.append(extra)

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from mlcl.data.dataset import MultiLabelDataset, Transform
+from mlcl.data.paths import resolve_inside
 from mlcl.errors import DataError
 
 SPLIT_FILES = {"train": "Train", "val": "Test"}
@@ -45,11 +46,17 @@ def nuswide_files(root: str | Path, split: str) -> tuple[Path, Path, Path]:
 
 def read_lines(path: Path) -> list[str]:
     """Non-empty, stripped lines of a text file; ``DataError`` if it is missing."""
+    return [line for _, line in _numbered_lines(path)]
+
+
+def _numbered_lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number, stripped line)`` of every non-empty line of a text file."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    lines = enumerate(text.splitlines(), 1)
+    return [(number, line.strip()) for number, line in lines if line.strip()]
 
 
 def read_label_file(path: Path, num_images: int) -> torch.Tensor:
@@ -79,9 +86,10 @@ def load_nuswide(
     concepts = read_lines(concept_file)
     if not concepts:
         raise DataError(f"{concept_file}: no concepts")
-    relative_paths = [line.replace("\\", "/") for line in read_lines(list_file)]
-    if not relative_paths:
+    listed = [(number, line.replace("\\", "/")) for number, line in _numbered_lines(list_file)]
+    if not listed:
         raise DataError(f"{list_file}: empty split (no images)")
+    relative_paths = [path for _, path in listed]
     part = SPLIT_FILES[split]
     labels = torch.stack(
         [
@@ -94,8 +102,12 @@ def load_nuswide(
     if not keep.any():
         raise DataError(f"{list_file}: empty split (no image has a concept)")
     kept = keep.nonzero()[:, 0].tolist()
+    image_paths = [
+        resolve_inside(root / "Flickr", path, list_file, f"line {number}")
+        for number, path in (listed[i] for i in kept)
+    ]
     return MultiLabelDataset(
-        [root / "Flickr" / relative_paths[i] for i in kept],
+        image_paths,
         labels[keep],
         concepts,
         transform,

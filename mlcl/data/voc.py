@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from mlcl.data.dataset import MultiLabelDataset, Transform
+from mlcl.data.paths import resolve_inside
 from mlcl.errors import DataError
 
 VOC_CLASSES = (
@@ -58,11 +59,16 @@ def voc_image_set(year: str, split: str) -> str:
 
 def read_image_ids(path: Path) -> list[str]:
     """Image ids listed one per line in an ``ImageSets/Main/*.txt`` file."""
+    return [image_id for _, image_id in _numbered_image_ids(path)]
+
+
+def _numbered_image_ids(path: Path) -> list[tuple[int, str]]:
+    """``(line number, image id)`` of every non-blank line of an image set file."""
     try:
         lines = path.read_text().split("\n")
     except FileNotFoundError:
         raise DataError(f"{path}: image set file not found") from None
-    ids = [line.split()[0] for line in lines if line.strip()]
+    ids = [(number, line.split()[0]) for number, line in enumerate(lines, 1) if line.strip()]
     if not ids:
         raise DataError(f"{path}: empty split (no image ids)")
     return ids
@@ -100,20 +106,26 @@ def load_voc(
 ) -> MultiLabelDataset:
     """A :class:`MultiLabelDataset` of VOC ``year`` ("2007" | "2012"), ``split`` ("train" | "val")."""
     folder = voc_dir(root, year)
-    image_ids = read_image_ids(folder / "ImageSets" / "Main" / f"{voc_image_set(year, split)}.txt")
+    image_set = folder / "ImageSets" / "Main" / f"{voc_image_set(year, split)}.txt"
+    numbered_ids = _numbered_image_ids(image_set)
     class_index = {class_name: index for index, class_name in enumerate(VOC_CLASSES)}
-    labels = torch.zeros(len(image_ids), len(VOC_CLASSES), dtype=torch.bool)
-    image_info = []
-    for row, image_id in enumerate(image_ids):
+    labels = torch.zeros(len(numbered_ids), len(VOC_CLASSES), dtype=torch.bool)
+    image_info, image_paths = [], []
+    for row, (line, image_id) in enumerate(numbered_ids):
+        # An id names both its annotation and its image: neither may leave the VOC folder.
+        where = f"line {line}"
+        annotation = resolve_inside(folder / "Annotations", f"{image_id}.xml", image_set, where)
+        image_paths.append(
+            resolve_inside(folder / "JPEGImages", f"{image_id}.jpg", image_set, where)
+        )
         difficult_only = torch.zeros(len(VOC_CLASSES), dtype=torch.bool)
-        for class_name, difficult in parse_voc_xml(folder / "Annotations" / f"{image_id}.xml"):
+        for class_name, difficult in parse_voc_xml(annotation):
             if difficult and not use_difficult:
                 difficult_only[class_index[class_name]] = True
             else:
                 labels[row, class_index[class_name]] = True
         difficult_only &= ~labels[row]
         image_info.append({"id": image_id, "difficult": difficult_only.nonzero()[:, 0].tolist()})
-    image_paths = [folder / "JPEGImages" / f"{image_id}.jpg" for image_id in image_ids]
     return MultiLabelDataset(
         image_paths, labels, VOC_CLASSES, transform, image_info, name=name or f"voc{year}/{split}"
     )
