@@ -45,8 +45,17 @@ def test_missing_or_corrupt_checkpoints_are_refused(tmp_path):
         load_checkpoint(tmp_path / "nothing.pt")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match=r"corrupt\.pt: not a PyTorch checkpoint \(not a zip"):
         load_checkpoint(corrupt)
+    empty = tmp_path / "empty.pt"
+    empty.touch()
+    with pytest.raises(CheckpointError, match=r"empty\.pt: empty file"):
+        load_checkpoint(empty)
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"format": 1, "weights": torch.ones(100)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-200])
+    with pytest.raises(CheckpointError, match=r"truncated\.pt: not a PyTorch checkpoint"):
+        load_checkpoint(truncated)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(CheckpointError, match="not an mlcl checkpoint"):
@@ -69,3 +78,13 @@ def test_random_states_round_trip():
     again = (torch.rand(3), random.random(), np.random.rand())
     torch.testing.assert_close(again[0], expected[0])
     assert again[1:] == expected[1:]
+
+
+def test_a_checkpoint_holding_other_objects_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"format": 1, "window": slice(0, 3)}, path)  # a slice: not for weights_only
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: holds objects other than tensors and plain containers")
+    assert "\n" not in message and "weights_only" in message

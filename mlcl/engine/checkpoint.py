@@ -10,9 +10,11 @@ label set.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +51,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (not a zip archive: truncated, or another kind "
+            "of file)"
+        )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # PyTorch's explanation runs to many lines; the cause is always the same.
+        raise CheckpointError(
+            f"{path}: holds objects other than tensors and plain containers; not loaded, for "
+            "safety (torch.load weights_only)"
+        ) from None
     except Exception as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not an mlcl checkpoint (format {FORMAT_VERSION})")
     return checkpoint
