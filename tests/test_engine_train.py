@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ import torch
 import mlcl.engine.train as train_module
 from mlcl.engine import Callback, evaluate, fit, load_checkpoint, load_method, read_metrics
 from mlcl.engine.checkpoint import save_checkpoint
+from mlcl.engine.run_dir import run_lock
 from mlcl.errors import ConfigError, MlclError
 from tests.test_engine_toys import ToyDataset, toy_config
 
@@ -235,3 +239,35 @@ def test_a_compile_mode_without_compile_is_an_error(tmp_path):
     config = toy_config(tmp_path, overrides={"run.compile_mode": "max-autotune"})
     with pytest.raises(ConfigError, match=r"run\.compile_mode: max-autotune needs run\.compile"):
         _fit(config)
+
+
+def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
+    with run_lock(tmp_path):  # the first run, still going
+        with pytest.raises(MlclError, match=r"another run is writing into this directory \(pid"):
+            _fit(toy_config(tmp_path, overrides={"run.epochs": 1}))
+        assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    _fit(toy_config(tmp_path, overrides={"run.epochs": 1}))  # the first one has ended
+    assert not (tmp_path / "run.lock").exists()
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # its pid no longer runs: a run killed on this host
+    lock = {"pid": finished.pid, "host": socket.gethostname()}
+    (tmp_path / "run.lock").write_text(json.dumps(lock))
+    (tmp_path / ".checkpoint_last.pt.abc.tmp").write_bytes(b"half a checkpoint")
+    _fit(toy_config(tmp_path, overrides={"run.epochs": 1}))
+    assert not (tmp_path / "run.lock").exists()
+    assert not list(tmp_path.glob(".checkpoint_*.tmp"))  # the killed write's leftovers
+
+
+def test_a_lock_from_another_host_is_refused(tmp_path):
+    (tmp_path / "run.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+    with pytest.raises(MlclError, match=r"a run on host elsewhere \(pid 1\) holds .*delete"):
+        _fit(toy_config(tmp_path, overrides={"run.epochs": 1}))
+
+
+def test_the_lock_is_released_when_the_run_fails(tmp_path):
+    with pytest.raises(ConfigError):
+        _fit(toy_config(tmp_path, overrides={"run.compile_mode": "max-autotune"}))
+    assert not (tmp_path / "run.lock").exists()

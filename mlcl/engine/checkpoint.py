@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from mlcl.config import for_restoring, from_dict
+from mlcl.engine.kill_points import kill_point
 from mlcl.errors import CheckpointError
 from mlcl.methods import Method, build_method
 
@@ -39,6 +40,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
             torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())
+        kill_point("checkpoint")
         os.chmod(temporary, 0o644)  # mkstemp makes it private
         os.replace(temporary, path)
     except BaseException:

@@ -7,16 +7,22 @@ run.out_dir/
   summary.json         best mAP and its epoch, time, images/s, peak memory, versions, config hash
   checkpoint_last.pt   the latest state (resume from it)
   checkpoint_best.pt   the state of the best epoch
+  run.lock             while a run writes here: its pid and host (see RunLock)
 ```
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import os
 import resource
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,7 @@ from tqdm.auto import tqdm
 
 import mlcl
 from mlcl.config import Config
+from mlcl.errors import MlclError
 
 
 class RunDir:
@@ -50,6 +57,13 @@ class RunDir:
     def metrics_file(self) -> Path:
         return self.path / "metrics.jsonl"
 
+    def remove_partial_writes(self) -> None:
+        """Delete the temporary files of checkpoint writes a killed run left behind (the
+        checkpoints themselves are renamed into place whole, so they are intact)."""
+        if self.enabled:
+            for temporary in self.path.glob(".checkpoint_*.tmp"):
+                temporary.unlink(missing_ok=True)
+
     def write_config(self, config: Config) -> None:
         if self.enabled:
             config.save(self.path / "config.yaml")
@@ -70,6 +84,76 @@ class RunDir:
         if self.enabled:
             text = json.dumps(_finite_or_none(summary), indent=2)
             (self.path / "summary.json").write_text(text + "\n")
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path, enabled: bool = True) -> Iterator[None]:
+    """Hold ``run_dir/run.lock`` for the ``with`` block: a second run into the same directory
+    refuses with one line instead of interleaving its checkpoints and metrics with ours.
+
+    The lock is an ``flock`` on the file, which the kernel drops when the process dies, however
+    it dies: a lock file left by a killed run on this host is simply taken over. The file names
+    its holder (pid, host) for the message. A lock written from another host cannot be checked
+    from here (``flock`` need not reach across a network file system) and is refused. The file is
+    removed when the block ends, on errors too. ``enabled=False`` (processes other than the main
+    one) does nothing.
+    """
+    if not enabled:
+        yield
+        return
+    path = Path(run_dir) / "run.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = _acquire(path)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before unlocking: a waiting run then sees a new file
+        os.close(descriptor)
+
+
+def _acquire(path: Path) -> int:
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise MlclError(
+                f"{path.parent}: another run is writing into this directory ({_holder(path)}); "
+                "wait for it to end or set another run.out_dir"
+            ) from None
+        # The holder may have removed the file between our open and our lock: then we hold a
+        # lock on a file nobody else sees, and try again on the path's current file.
+        if os.path.exists(path) and os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+            break
+        os.close(descriptor)
+    holder = _read_holder(descriptor)
+    if holder and holder.get("host") != socket.gethostname():
+        os.close(descriptor)
+        raise MlclError(
+            f"{path.parent}: a run on host {holder.get('host')} (pid {holder.get('pid')}) holds "
+            f"{path}; if that run has ended, delete the file"
+        )
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+    return descriptor
+
+
+def _read_holder(descriptor: int) -> dict[str, Any] | None:
+    os.lseek(descriptor, 0, os.SEEK_SET)
+    try:
+        holder = json.loads(os.read(descriptor, 4096) or b"null")
+    except ValueError:  # a half-written lock of a killed run
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _holder(path: Path) -> str:
+    try:
+        holder = json.loads(path.read_text())
+        return f"pid {holder['pid']} on host {holder['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"see {path}"
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

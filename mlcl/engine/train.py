@@ -50,6 +50,7 @@ from mlcl.engine.checkpoint import (
 )
 from mlcl.engine.distributed import DistributedContext, cleanup_distributed, setup_distributed
 from mlcl.engine.evaluate import collect_outputs, compute_metrics
+from mlcl.engine.kill_points import kill_point
 from mlcl.engine.loaders import (
     batch_to_device,
     build_datasets,
@@ -59,7 +60,14 @@ from mlcl.engine.loaders import (
     seed_everything,
 )
 from mlcl.engine.optim import autocast_dtype, build_grad_scaler, build_optimizers, build_scheduler
-from mlcl.engine.run_dir import RunDir, environment_info, log, peak_memory_mb, read_metrics
+from mlcl.engine.run_dir import (
+    RunDir,
+    environment_info,
+    log,
+    peak_memory_mb,
+    read_metrics,
+    run_lock,
+)
 from mlcl.errors import CheckpointError, ConfigError, MlclError
 from mlcl.methods import Method, build_method
 
@@ -138,21 +146,25 @@ def fit(
     show_progress = config.run.progress if progress is None else progress
     context = setup_distributed(config.run.device)
     try:
-        if train_dataset is None or val_dataset is None:
-            train_dataset, val_dataset = build_datasets(config, context)
-        train_loader, val_loader = build_loaders(config, train_dataset, val_dataset, context)
-        run_dir = RunDir(config.run.out_dir, enabled=context.is_main)
-        restoring = resume and run_dir.last_checkpoint.is_file()
-        training = build_training(
-            config, context, train_dataset, val_dataset, len(train_loader), restoring=restoring
-        )
-        if restoring:
-            restore_training(training, run_dir.last_checkpoint)
-        elif resume:
-            log(f"no checkpoint in {run_dir.path}: starting a new run", context.is_main)
-        run_dir.write_config(config)
-        run_dir.start_metrics(training.state.epoch)
-        return train_epochs(training, train_loader, val_loader, run_dir, show_progress, callbacks)
+        with run_lock(config.run.out_dir, enabled=context.is_main):
+            if train_dataset is None or val_dataset is None:
+                train_dataset, val_dataset = build_datasets(config, context)
+            train_loader, val_loader = build_loaders(config, train_dataset, val_dataset, context)
+            run_dir = RunDir(config.run.out_dir, enabled=context.is_main)
+            run_dir.remove_partial_writes()  # safe: the lock keeps other runs out
+            restoring = resume and run_dir.last_checkpoint.is_file()
+            training = build_training(
+                config, context, train_dataset, val_dataset, len(train_loader), restoring=restoring
+            )
+            if restoring:
+                restore_training(training, run_dir.last_checkpoint)
+            elif resume:
+                log(f"no checkpoint in {run_dir.path}: starting a new run", context.is_main)
+            run_dir.write_config(config)
+            run_dir.start_metrics(training.state.epoch)
+            return train_epochs(
+                training, train_loader, val_loader, run_dir, show_progress, callbacks
+            )
     finally:
         cleanup_distributed(context)
 
@@ -276,6 +288,7 @@ def train_epochs(
         improved = _update_best(state, metrics, epoch)
         record = {"epoch": epoch, "step": state.global_step, **train_stats, **metrics}
         run_dir.append_metrics(record)
+        kill_point("epoch_end")
         for callback in callbacks if main else ():
             callback.on_epoch_end(method, epoch, record)
         if run.checkpoint and main:
@@ -323,7 +336,7 @@ def train_one_epoch(
         images += batch["image"].shape[0] * context.world_size
         if terms is None:
             state.bad_steps += 1
-            if state.bad_steps >= max(1, run.max_bad_steps):
+            if state.bad_steps >= run.max_bad_steps:
                 raise MlclError(
                     f"training stopped at step {state.global_step}: the loss was not finite in "
                     f"{state.bad_steps} iterations in a row (run.max_bad_steps); "
@@ -332,6 +345,7 @@ def train_one_epoch(
             continue
         state.bad_steps = 0
         good_steps += 1
+        kill_point("step")
         for name, value in terms.items():
             sums[name] += value
         if state.step_in_epoch % 10 == 0 or state.step_in_epoch == 1:
@@ -434,6 +448,7 @@ def evaluate_epoch(training: Training, loader: DataLoader) -> dict[str, Any]:
         )
         results = compute_metrics(model, outputs, loader.dataset, run.threshold)
         metrics |= {prefix + name: value for name, value in results.items()}
+        kill_point("eval")
     return metrics
 
 
