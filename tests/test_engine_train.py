@@ -9,12 +9,14 @@ import subprocess
 
 import pytest
 import torch
+from PIL import Image
 
 import mlcl.engine.train as train_module
+from mlcl.data import MultiLabelDataset
 from mlcl.engine import Callback, evaluate, fit, load_checkpoint, load_method, read_metrics
 from mlcl.engine.checkpoint import save_checkpoint
 from mlcl.engine.run_dir import run_lock
-from mlcl.errors import ConfigError, MlclError
+from mlcl.errors import ConfigError, DataError, MlclError
 from tests.test_engine_toys import ToyDataset, toy_config
 
 
@@ -271,3 +273,48 @@ def test_the_lock_is_released_when_the_run_fails(tmp_path):
     with pytest.raises(ConfigError):
         _fit(toy_config(tmp_path, overrides={"run.compile_mode": "max-autotune"}))
     assert not (tmp_path / "run.lock").exists()
+
+
+def _image_folder(tmp_path, size: int, broken: int):
+    """``size`` 16 px images of a MultiLabelDataset on disk, image ``broken`` not an image."""
+    toy = ToyDataset(size=size, image_size=16, seed=0)
+    paths = []
+    for index in range(size):
+        path = tmp_path / "images" / f"{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (index * 7, 0, 0)).save(path)
+        paths.append(path)
+    paths[broken].write_bytes(b"\x89PNG, cut short")
+    return MultiLabelDataset(paths, toy.full_labels, toy.class_names)
+
+
+def test_an_undecodable_image_ends_the_run_by_default(tmp_path):
+    train = _image_folder(tmp_path, size=16, broken=5)
+    config = toy_config(tmp_path / "run", overrides={"run.epochs": 1})
+    with pytest.raises(DataError, match=r"5\.png: "):
+        fit(config, train_dataset=train, val_dataset=ToyDataset(8, image_size=16))
+
+
+def test_skip_leaves_an_undecodable_image_out_and_names_it(tmp_path, capsys):
+    train = _image_folder(tmp_path, size=16, broken=5)
+    overrides = {"run.epochs": 2, "data.bad_images": "skip"}
+    config = toy_config(tmp_path / "run", overrides=overrides)
+    summary = fit(config, train_dataset=train, val_dataset=ToyDataset(8, image_size=16))
+    broken = str(train.image_paths[5])
+    assert summary["bad_images"] == [broken, broken]  # met once in each epoch
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["bad_images"] == [
+        broken,
+        broken,
+    ]
+    assert f"skipped {broken}: " in capsys.readouterr().out
+    # Each epoch: 2 batches of 8, one of them 7 images.
+    assert [r["images"] for r in read_metrics(tmp_path / "run")] == [15, 15]
+
+
+def test_skip_with_a_batch_of_only_bad_images_is_an_error(tmp_path):
+    train = _image_folder(tmp_path, size=8, broken=0)
+    for path in train.image_paths:
+        path.write_bytes(b"not an image")
+    config = toy_config(tmp_path / "run", overrides={"data.bad_images": "skip"})
+    with pytest.raises(DataError, match=r"no image of a batch of 8 could be decoded"):
+        fit(config, train_dataset=train, val_dataset=ToyDataset(8, image_size=16))

@@ -19,17 +19,24 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    SequentialSampler,
+    default_collate,
+)
 
 from mlcl.config import Config
 from mlcl.data import MultiLabelDataset, build_dataset, build_transforms, ensure_synthetic
 from mlcl.data.device_decode import DeviceDecoder, EncodedImages, collate_encoded
 from mlcl.engine.distributed import DistributedContext, barrier
-from mlcl.errors import ConfigError
+from mlcl.errors import ConfigError, DataError
 
 
 def build_datasets(config: Config, context: DistributedContext) -> tuple[Dataset, Dataset]:
@@ -105,13 +112,25 @@ class EpochSampler(DistributedSampler):
         return remaining if self.limit is None else min(remaining, self.limit)
 
 
+@dataclass
+class BadImage:
+    """What :class:`SeededItems` returns, with ``skip_bad_images``, for an image that cannot be
+    decoded; :func:`collate_skipping_bad` leaves it out of its batch."""
+
+    index: int
+    path: str
+    reason: str  # the DataError's message
+
+
 class SeededItems(Dataset):
     """``dataset[index]`` with random numbers (augmentations) drawn from a generator seeded by
-    ``(seed, epoch, index)``; the global generators are left as they were."""
+    ``(seed, epoch, index)``; the global generators are left as they were. With
+    ``skip_bad_images`` an image that cannot be decoded comes back as a :class:`BadImage`."""
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
+    def __init__(self, dataset: Dataset, seed: int, skip_bad_images: bool = False) -> None:
         self.dataset = dataset
         self.seed = seed
+        self.skip_bad_images = skip_bad_images
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -120,12 +139,35 @@ class SeededItems(Dataset):
         epoch, index = key
         item_seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
         python_state = random.getstate()
-        with torch.random.fork_rng(devices=[]):  # restores torch's CPU generator afterwards
-            torch.manual_seed(item_seed)
-            random.seed(item_seed)
-            item = self.dataset[index]
-        random.setstate(python_state)
+        try:
+            with torch.random.fork_rng(devices=[]):  # restores torch's CPU generator afterwards
+                torch.manual_seed(item_seed)
+                random.seed(item_seed)
+                item = self.dataset[index]
+        except DataError as err:
+            if not self.skip_bad_images:
+                raise
+            paths = getattr(self.dataset, "image_paths", None)
+            return BadImage(index, str(paths[index]) if paths else str(err), str(err))
+        finally:
+            random.setstate(python_state)
         return item
+
+
+def collate_skipping_bad(items: list[Any]) -> dict[str, Any]:
+    """The default batch of the decodable items, and under ``bad_images`` a list of the
+    :class:`BadImage` left out. The batch is smaller by those; a batch without any decodable
+    image means the data set is broken, not a few files."""
+    good = [item for item in items if not isinstance(item, BadImage)]
+    bad = [item for item in items if isinstance(item, BadImage)]
+    if not good:
+        raise DataError(
+            f"data.bad_images: no image of a batch of {len(items)} could be decoded, e.g. "
+            f"{bad[0].reason}; check the data set (mlcl data check)"
+        )
+    batch = default_collate(good)
+    batch["bad_images"] = bad
+    return batch
 
 
 def build_loaders(
@@ -138,8 +180,9 @@ def build_loaders(
         train_dataset = encoded(config, train_dataset, train=True)
         val_dataset = encoded(config, val_dataset, train=False)
     sampler = EpochSampler(train_dataset, context, config.run.seed)
+    skip_bad = data.bad_images == "skip"
     train_loader = DataLoader(
-        SeededItems(train_dataset, config.run.seed),
+        SeededItems(train_dataset, config.run.seed, skip_bad_images=skip_bad),
         batch_size=data.batch_size,
         sampler=sampler,
         num_workers=data.workers,
@@ -148,7 +191,7 @@ def build_loaders(
         # A batch of one breaks BatchNorm, equal batches keep DDP in step, and static shapes
         # let run.compile_mode replay CUDA graphs.
         drop_last=True,
-        collate_fn=_collate_fn(train_dataset),
+        collate_fn=collate_skipping_bad if skip_bad else _collate_fn(train_dataset),
         generator=torch.Generator(),  # the loader's own draws leave the global generator alone
     )
     if len(train_loader) == 0:
@@ -198,6 +241,8 @@ def encoded(config: Config, dataset: Dataset, train: bool) -> EncodedImages:
         raise ConfigError(
             "data.randaugment: RandAugment has no device version; use data.decode=loader with it"
         )
+    if data.bad_images == "skip":  # the device decodes a whole batch at once
+        raise ConfigError("data.bad_images: skip needs data.decode=loader")
     if not isinstance(dataset, MultiLabelDataset):
         raise ConfigError(
             f"data.decode: 'device' decodes the image files of a MultiLabelDataset, and "

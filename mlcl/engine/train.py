@@ -52,6 +52,7 @@ from mlcl.engine.distributed import DistributedContext, cleanup_distributed, set
 from mlcl.engine.evaluate import collect_outputs, compute_metrics
 from mlcl.engine.kill_points import kill_point
 from mlcl.engine.loaders import (
+    BadImage,
     batch_to_device,
     build_datasets,
     build_loaders,
@@ -86,6 +87,9 @@ class TrainState:
     best_ema_epoch: int = -1
     epochs_without_improvement: int = 0
     bad_steps: int = 0  # iterations with a non-finite loss, in a row
+    # Training images left out of their batch as undecodable (data.bad_images: skip), in the
+    # order met; an image is listed again in every epoch that meets it.
+    bad_images: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclass
@@ -329,6 +333,7 @@ def train_one_epoch(
         dynamic_ncols=True,
     )
     for batch in bar:
+        _note_bad_images(training, batch.pop("bad_images", []))
         batch = batch_to_device(batch, training.device, run.channels_last, decoder)
         terms = training_step(training, batch)
         state.global_step += 1
@@ -530,6 +535,16 @@ def _drain_ddp(training: Training, phase: str) -> None:
     training.optimizers[phase].zero_grad(set_to_none=True)
 
 
+def _note_bad_images(training: Training, bad_images: list[BadImage]) -> None:
+    """Log the images a batch left out (``data.bad_images: skip``) and keep their paths for the
+    summary (and the checkpoint, so a resumed run's summary lists them too)."""
+    for bad in bad_images:
+        log(
+            f"step {training.state.global_step + 1}: skipped {bad.reason}", training.context.is_main
+        )
+        training.state.bad_images.append(bad.path)
+
+
 def _reached_max_steps(training: Training) -> bool:
     max_steps = training.config.run.max_steps
     return bool(max_steps) and training.state.global_step >= max_steps
@@ -600,6 +615,7 @@ def _summary(
         "epochs": state.epoch,
         "steps": state.global_step,
         "stopped": stopped,
+        "bad_images": state.bad_images,
         "time_s": seconds,
         **peak_memory_mb(training.device),
         "device": str(training.device),
