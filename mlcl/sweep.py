@@ -71,7 +71,12 @@ def load_grid(grid: str | Path, notebooks_dir: str | Path = "notebooks") -> list
         path = GRID_DIR / f"{grid}.yaml"
     if not path.is_file():
         raise ConfigError(f"{grid}: no such grid file (shipped grids: {', '.join(list_grids())})")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, yaml.YAMLError):
+        raise ConfigError(f"{path}: not a YAML grid file") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a grid must be a mapping with 'notebooks'")
     notebooks = raw.get("notebooks")
     parameter_sets = raw.get("parameter_sets", {"default": {}})
     if isinstance(notebooks, list):
