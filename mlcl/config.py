@@ -103,7 +103,8 @@ class DataConfig:
     # on which `mlcl evaluate --calibrate` picks per-class thresholds; training never sees them.
     holdout: float = ranged(0.0, "[0, 1)")
     # An image that cannot be decoded during training: error ends the run naming the file;
-    # skip leaves it out of its batch, counts it, and names it in the log and the summary.
+    # skip leaves it out of its batch, counts it, and names it in the log and the summary. That
+    # batch is then one image smaller (CUDA graphs of run.compile_mode record it anew).
     bad_images: Literal["error", "skip"] = "error"
     limit_val: int = ranged(0, ">= 0")
     # Normalisation of the backbone's pre-training (timm's ResNets: ImageNet).
