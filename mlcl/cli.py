@@ -3,6 +3,8 @@
     mlcl train --config baseline-quick [--set run.epochs=2 ...] [--resume]
     torchrun --nproc_per_node 4 -m mlcl.cli train --config baseline-coco --set data.root=/data/coco
     mlcl evaluate --checkpoint runs/baseline-quick/checkpoint_best.pt [--ema] [--out metrics.json]
+    mlcl predict --checkpoint CKPT IMAGE_OR_DIR... [--threshold T | --top-k K] [--out FILE.jsonl|.csv]
+                 [--explain DIR] [--device D] [--batch-size N] [--ema]
     mlcl presets
     mlcl data synth | check | download     (mlcl.data.cli)
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mlcl.data.cli import add_data_commands
-from mlcl.errors import MlclError
+from mlcl.errors import MlclError, UsageError
 
 MAIN_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
 
@@ -50,6 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     evaluate.add_argument("--out", type=Path, metavar="JSON", help="also write the metrics here")
     evaluate.set_defaults(func=_evaluate)
+
+    predict = commands.add_parser("predict", help="labels of your own image files")
+    predict.add_argument("--checkpoint", required=True, type=Path, metavar="PATH")
+    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    choose = predict.add_mutually_exclusive_group()
+    choose.add_argument(
+        "--threshold", type=float, help="one threshold for every class (default: calibrated, 0.5)"
+    )
+    choose.add_argument("--top-k", type=int, metavar="K", help="the K best labels of each image")
+    predict.add_argument("--out", type=Path, metavar="FILE", help="write .jsonl or .csv instead")
+    predict.add_argument("--explain", type=Path, metavar="DIR", help="one evidence PNG per image")
+    predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--ema", action="store_true", help="predict with the EMA weights")
+    predict.set_defaults(func=_predict)
 
     presets = commands.add_parser("presets", help="list the shipped configuration presets")
     presets.set_defaults(func=_presets)
@@ -159,6 +176,33 @@ def _evaluate(args: argparse.Namespace) -> int:
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from mlcl.predict import predict, write_predictions
+
+    if args.out is not None and args.out.suffix not in (".jsonl", ".csv"):
+        raise UsageError(f"--out {args.out}: write a .jsonl or a .csv file")
+    predictions = predict(
+        args.checkpoint,
+        args.images,
+        threshold=args.threshold,
+        top_k=args.top_k,
+        ema=args.ema,
+        device=args.device,
+        batch_size=args.batch_size,
+        explain_dir=args.explain,
+    )
+    if args.out is not None:
+        write_predictions(predictions, args.out)
+    else:
+        for item in predictions:
+            labels = ", ".join(f"{label} ({item.scores[label]:.2f})" for label in item.labels)
+            print(f"{item.file}: {labels}")
+    if predictions.errors:
+        print(f"mlcl: {len(predictions.errors)} file(s) could not be read", file=sys.stderr)
+        return 1
     return 0
 
 

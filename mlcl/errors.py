@@ -17,3 +17,7 @@ class ConfigError(MlclError):
 
 class CheckpointError(MlclError):
     """A checkpoint cannot be used: missing, corrupt, or made for another method or label set."""
+
+
+class UsageError(MlclError):
+    """An argument is out of range or conflicts with another (``threshold`` with ``top_k``)."""

@@ -24,3 +24,40 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         seed=0,
         workers=1,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """``tiny_checkpoint(preset, **overrides)``: the last checkpoint of a one-step run of a
+    preset on 16 built-in images of 32 px with timm's tiny test ResNet, trained once per test
+    session and preset (treat it as read-only unless the overrides make it yours)."""
+    from mlcl.config import load_config
+    from mlcl.data import ensure_synthetic
+    from mlcl.engine import fit
+
+    root = ensure_synthetic(tmp_path_factory.mktemp("data") / "tiny", 16, 8, 32, 0)
+    made: dict[tuple, Path] = {}
+
+    def make(preset: str, **overrides) -> Path:
+        key = (preset, *sorted(overrides.items()))
+        if key not in made:
+            out = tmp_path_factory.mktemp(preset)
+            settings = {
+                "data.root": str(root),
+                "data.synthetic_train": 16,
+                "data.synthetic_val": 8,
+                "data.synthetic_image_size": 32,
+                "data.image_size": 32,
+                "data.batch_size": 4,
+                "data.workers": 0,
+                "model.backbone": "test_resnet",
+                "run.out_dir": str(out),
+                "run.epochs": 1,
+                "run.max_steps": 1,
+                "run.progress": False,
+            } | overrides
+            fit(load_config(preset, settings))
+            made[key] = out / "checkpoint_last.pt"
+        return made[key]
+
+    return make
