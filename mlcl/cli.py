@@ -5,6 +5,7 @@
     mlcl evaluate --checkpoint runs/baseline-quick/checkpoint_best.pt [--ema] [--out metrics.json]
     mlcl predict --checkpoint CKPT IMAGE_OR_DIR... [--threshold T | --top-k K] [--out FILE.jsonl|.csv]
                  [--explain DIR] [--device D] [--batch-size N] [--ema]
+    mlcl export --checkpoint CKPT --format onnx|torchscript --out FILE [--static-batch N] [--ema]
     mlcl presets
     mlcl data synth | check | download     (mlcl.data.cli)
 
@@ -67,6 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--ema", action="store_true", help="predict with the EMA weights")
     predict.set_defaults(func=_predict)
+
+    export = commands.add_parser("export", help="the model as an ONNX or TorchScript file")
+    export.add_argument("--checkpoint", required=True, type=Path, metavar="PATH")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    export.add_argument("--out", required=True, type=Path, metavar="FILE")
+    export.add_argument(
+        "--static-batch", type=int, metavar="N", help="fix the batch size to N (default: any)"
+    )
+    weights = export.add_mutually_exclusive_group()
+    weights.add_argument("--ema", action="store_true", default=None, help="the EMA weights")
+    weights.add_argument(
+        "--no-ema", dest="ema", action="store_false", help="the plain weights (default: EMA if any)"
+    )
+    export.set_defaults(func=_export)
 
     presets = commands.add_parser("presets", help="list the shipped configuration presets")
     presets.set_defaults(func=_presets)
@@ -203,6 +218,21 @@ def _predict(args: argparse.Namespace) -> int:
     if predictions.errors:
         print(f"mlcl: {len(predictions.errors)} file(s) could not be read", file=sys.stderr)
         return 1
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mlcl.export import export_model
+
+    path = export_model(
+        args.checkpoint,
+        args.format,
+        args.out,
+        ema=args.ema,
+        dynamic_batch=args.static_batch is None,
+        batch_size=args.static_batch or 2,
+    )
+    print(f"wrote {path}")
     return 0
 
 
