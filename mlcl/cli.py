@@ -3,6 +3,7 @@
     mlcl train --config baseline-quick [--set run.epochs=2 ...] [--resume]
     torchrun --nproc_per_node 4 -m mlcl.cli train --config baseline-coco --set data.root=/data/coco
     mlcl evaluate --checkpoint runs/baseline-quick/checkpoint_best.pt [--ema] [--out metrics.json]
+                  [--calibrate]   (per-class thresholds from the holdout split, then CF1@cal...)
     mlcl predict --checkpoint CKPT IMAGE_OR_DIR... [--threshold T | --top-k K] [--out FILE.jsonl|.csv]
                  [--explain DIR] [--device D] [--batch-size N] [--ema]
     mlcl export --checkpoint CKPT --format onnx|torchscript --out FILE [--static-batch N] [--ema]
@@ -48,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a data split")
     evaluate.add_argument("--checkpoint", required=True, type=Path, metavar="PATH")
     _add_set_argument(evaluate, "e.g. data.root=/data/coco2014 data.eval_batch_size=128")
-    evaluate.add_argument("--split", default="val", choices=("val", "train"))
+    evaluate.add_argument("--split", default="val", choices=("val", "train", "holdout"))
+    evaluate.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="first pick per-class thresholds on the holdout split (data.holdout) and store them",
+    )
     evaluate.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     evaluate.add_argument("--out", type=Path, metavar="JSON", help="also write the metrics here")
@@ -154,11 +160,14 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from mlcl.config import from_dict, with_overrides
     from mlcl.engine import evaluate, load_method
+    from mlcl.engine.calibrate import calibrate_thresholds, stored_thresholds
     from mlcl.engine.checkpoint import check_compatible
     from mlcl.engine.distributed import resolve_device
     from mlcl.engine.loaders import build_split, data_root
 
     device = resolve_device(args.device)
+    if args.calibrate:
+        calibrate_thresholds(args.checkpoint, ema=args.ema, device=args.device, overrides=args.set)
     method, checkpoint = load_method(args.checkpoint, ema=args.ema, device=device)
     config = from_dict(checkpoint["config"])
     if args.set:
@@ -172,6 +181,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         workers=config.data.workers,
         device=device,
         threshold=config.run.threshold,
+        thresholds=stored_thresholds(checkpoint, args.ema),
         channels_last=config.run.channels_last,
         progress=config.run.progress,
     )
@@ -281,10 +291,12 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """The main metrics as a small table: one row at the threshold, one for the top 3."""
+    """The main metrics as a small table: one row at the threshold, one for the top 3 and one
+    at the calibrated thresholds when there are some."""
     header = f"{'':8}" + "".join(f"{name:>8}" for name in MAIN_METRICS)
     rows = [header]
-    for label, suffix in (("", ""), ("top-3", "_top3")):
+    rows_of = [("", ""), ("top-3", "_top3")] + [("cal", "@cal")] * ("CF1@cal" in metrics)
+    for label, suffix in rows_of:
         cells = [metrics.get(name + suffix) for name in MAIN_METRICS]
         rows.append(f"{label:8}" + "".join(_cell(value) for value in cells))
     return "\n".join(rows)

@@ -141,24 +141,32 @@ def _count_metrics(predicted: torch.Tensor, targets: torch.Tensor, suffix: str =
 def threshold_metrics(
     scores: torch.Tensor,
     targets: torch.Tensor,
-    threshold: float = 0.5,
+    threshold: float | torch.Tensor = 0.5,
     from_logits: bool = False,
+    suffix: str = "",
 ) -> dict[str, float]:
-    """CP, CR, CF1, OP, OR, OF1 (percent) when every entry with probability ≥ ``threshold`` is
-    predicted positive.
+    """CP, CR, CF1, OP, OR, OF1 (percent, keys + ``suffix``) when every entry with probability
+    ≥ ``threshold`` is predicted positive; a ``[C]`` tensor gives each class its own threshold
+    (calibrated ones).
 
     With ``from_logits=True`` the scores are logits and the probability is their sigmoid; the
     comparison is made on the logit side, ``logit ≥ log(t / (1 − t))``, which is the same test
     without the sigmoid's rounding to 1.0 for large logits.
     """
     scores, targets = _check_inputs(scores, targets)
+    if isinstance(threshold, torch.Tensor):
+        threshold = threshold.to(torch.float64)
+        if from_logits and not bool(((threshold > 0) & (threshold < 1)).all()):
+            raise ValueError("thresholds must lie in (0, 1) for logits")
+        cut = torch.logit(threshold) if from_logits else threshold
+        return _count_metrics(scores.to(torch.float64) >= cut, targets, suffix)
     if from_logits:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1) for logits; got {threshold}")
         cut = math.log(threshold / (1.0 - threshold))
     else:
         cut = threshold
-    return _count_metrics(scores >= cut, targets)
+    return _count_metrics(scores >= cut, targets, suffix)
 
 
 def top_k_metrics(scores: torch.Tensor, targets: torch.Tensor, k: int = 3) -> dict[str, float]:

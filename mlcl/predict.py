@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from mlcl.config import from_dict
 from mlcl.data.dataset import load_rgb
 from mlcl.data.transforms import build_transforms
+from mlcl.engine.calibrate import stored_thresholds
 from mlcl.engine.checkpoint import load_method
 from mlcl.engine.distributed import resolve_device
 from mlcl.errors import DataError, UsageError
@@ -174,9 +175,9 @@ def _thresholds(
     """Per-class thresholds ``[C]``: the given one, the calibrated ones, or 0.5."""
     if threshold is not None:
         return torch.full((num_classes,), threshold)
-    calibrated = state.get("thresholds", {}).get("ema" if ema else "model")
+    calibrated = stored_thresholds(state, ema)
     if calibrated is not None:
-        return calibrated["values"].float()
+        return calibrated
     return torch.full((num_classes,), DEFAULT_THRESHOLD)
 
 

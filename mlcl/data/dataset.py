@@ -119,6 +119,23 @@ class MultiLabelDataset(Dataset):
         subset.observed = self.observed[:limit].clone()
         return subset
 
+    def select(self, indices: Sequence[int] | torch.Tensor) -> MultiLabelDataset:
+        """The images ``indices``, in that order, with their labels as this set has them."""
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        rows = indices.tolist()
+        selected = MultiLabelDataset(
+            [self.image_paths[i] for i in rows],
+            self.full_labels[indices],
+            self.class_names,
+            self.transform,
+            [self.image_info[i] for i in rows],
+            self.scene_names,
+            self.name,
+        )
+        selected.labels = self.labels[indices].clone()
+        selected.observed = self.observed[indices].clone()
+        return selected
+
     def __repr__(self) -> str:
         return (
             f"MultiLabelDataset({self.name or 'unnamed'}: {len(self)} images, "

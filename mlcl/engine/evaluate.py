@@ -18,7 +18,7 @@ from mlcl.distributed import all_gather_variable
 from mlcl.engine.distributed import DistributedContext, resolve_device
 from mlcl.engine.loaders import batch_to_device, build_eval_loader
 from mlcl.methods import Method
-from mlcl.metrics import MultiLabelMetrics
+from mlcl.metrics import MultiLabelMetrics, threshold_metrics
 
 
 @torch.no_grad()
@@ -61,13 +61,19 @@ def compute_metrics(
     outputs: dict[str, torch.Tensor],
     dataset: Any,
     threshold: float = 0.5,
+    thresholds: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """mAP and the threshold metrics of ``outputs["logits"]`` against ``dataset.full_labels``,
-    plus ``method.extra_metrics``."""
+    plus ``method.extra_metrics``; with calibrated per-class ``thresholds`` ``[C]`` also CP, CR,
+    CF1, OP, OR, OF1 at them (keys ``CF1@cal``...)."""
     logits = outputs["logits"]  # [N, C]
     metrics = MultiLabelMetrics(logits.shape[1], threshold=threshold, from_logits=True)
     metrics.update(logits, dataset.full_labels)
-    return metrics.compute() | method.extra_metrics(outputs, dataset)
+    results = metrics.compute() | method.extra_metrics(outputs, dataset)
+    if thresholds is not None:
+        targets = torch.as_tensor(dataset.full_labels).bool()
+        results |= threshold_metrics(logits, targets, thresholds, from_logits=True, suffix="@cal")
+    return results
 
 
 def evaluate(
@@ -79,6 +85,7 @@ def evaluate(
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
     threshold: float = 0.5,
+    thresholds: torch.Tensor | None = None,
     channels_last: bool = False,
     progress: bool = False,
     context: DistributedContext | None = None,
@@ -86,7 +93,8 @@ def evaluate(
     """Metrics of ``method`` on a data set (or a loader over one), e.g. ``{"mAP": 71.3, ...}``.
 
     ``device`` defaults to the device of the method's parameters. Under DDP pass the ``context``
-    so that each process evaluates its share.
+    so that each process evaluates its share. ``thresholds``: calibrated per-class thresholds
+    ``[C]`` to report the ``...@cal`` metrics at too.
     """
     if device is None:
         device = next(method.parameters()).device
@@ -97,4 +105,4 @@ def evaluate(
         context = context or DistributedContext(device)
         loader = build_eval_loader(data, batch_size, workers, context)
     outputs = collect_outputs(method, loader, device, amp_dtype, channels_last, progress)
-    return compute_metrics(method, outputs, loader.dataset, threshold)
+    return compute_metrics(method, outputs, loader.dataset, threshold, thresholds)

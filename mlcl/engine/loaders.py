@@ -74,20 +74,46 @@ def build_split(config: Config, split: str, root: str, train: bool | None = None
     training split (unless ``train=False``), plain resizing and full labels otherwise."""
     data = config.data
     train = split == "train" if train is None else train
+    if split == "holdout" and data.holdout <= 0:
+        raise ConfigError(
+            "data.holdout: 0 holds no training image out, so there is no 'holdout' split; "
+            "train with e.g. data.holdout=0.1"
+        )
     transform = build_transforms(
         train, data.image_size, data.mean, data.std, data.augment, data.randaugment, data.cutout
     )
-    return build_dataset(
+    dataset = build_dataset(
         data.dataset,
         root,
-        split,
+        "train" if split == "holdout" else split,
         transform,
         keep_empty=data.keep_empty,
         use_difficult=data.use_difficult,
         labels=data.labels if train else "full",
         single_positive_seed=data.single_positive_seed,
-        limit=data.limit_train if split == "train" else data.limit_val,
+        limit=data.limit_val if split == "val" else data.limit_train,
     )
+    if split == "val" or data.holdout <= 0:
+        return dataset
+    held = holdout_indices(len(dataset), data.holdout)
+    if split == "holdout":
+        return dataset.select(held)
+    kept = torch.ones(len(dataset), dtype=torch.bool)
+    kept[held] = False
+    return dataset.select(kept.nonzero().flatten())
+
+
+# The same draw for every run.seed: a run calibrated later must find the images its training
+# never saw.
+HOLDOUT_SEED = 20240601
+
+
+def holdout_indices(num_images: int, fraction: float) -> torch.Tensor:
+    """The ``round(fraction · N)`` (at least one) training images of the "holdout" split,
+    ascending: a fixed draw."""
+    count = min(max(1, round(fraction * num_images)), num_images - 1)
+    generator = torch.Generator().manual_seed(HOLDOUT_SEED)
+    return torch.randperm(num_images, generator=generator)[:count].sort().values
 
 
 class EpochSampler(DistributedSampler):
