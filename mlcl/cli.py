@@ -7,6 +7,7 @@
     mlcl predict --checkpoint CKPT IMAGE_OR_DIR... [--threshold T | --top-k K] [--out FILE.jsonl|.csv]
                  [--explain DIR] [--device D] [--batch-size N] [--ema]
     mlcl export --checkpoint CKPT --format onnx|torchscript --out FILE [--static-batch N] [--ema]
+    mlcl prototypes --checkpoint runs/q2l-coco/checkpoint_best.pt --out PROTOTYPES.pt [--ema]
     mlcl presets
     mlcl data synth | check | download     (mlcl.data.cli)
 
@@ -88,6 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-ema", dest="ema", action="store_false", help="the plain weights (default: EMA if any)"
     )
     export.set_defaults(func=_export)
+
+    prototypes = commands.add_parser(
+        "prototypes", help="SADCL's class prototypes from a q2l checkpoint (method.prototypes_file)"
+    )
+    prototypes.add_argument("--checkpoint", required=True, type=Path, metavar="PATH")
+    prototypes.add_argument("--out", required=True, type=Path, metavar="FILE", help=".pt or .npy")
+    _add_set_argument(prototypes, "e.g. data.root=/data/coco2014")
+    prototypes.add_argument("--ema", action="store_true", help="the EMA weights' features")
+    prototypes.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    prototypes.add_argument(
+        "--threshold", type=float, default=0.85, help="confident positives only (SADCL: 0.85)"
+    )
+    prototypes.set_defaults(func=_prototypes)
 
     presets = commands.add_parser("presets", help="list the shipped configuration presets")
     presets.set_defaults(func=_presets)
@@ -243,6 +257,22 @@ def _export(args: argparse.Namespace) -> int:
         batch_size=args.static_batch or 2,
     )
     print(f"wrote {path}")
+    return 0
+
+
+def _prototypes(args: argparse.Namespace) -> int:
+    from mlcl.engine.prototypes import write_prototypes
+
+    prototypes = write_prototypes(
+        args.checkpoint,
+        args.out,
+        ema=args.ema,
+        device=args.device,
+        overrides=args.set,
+        threshold=args.threshold,
+    )
+    classes, dim = prototypes.shape
+    print(f"wrote {args.out}: {classes} prototypes of {dim} dimensions")
     return 0
 
 
