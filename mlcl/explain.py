@@ -76,6 +76,8 @@ class Explainer:
         for row, file in enumerate(files):
             pixels = (images[row].float().cpu() * self.std + self.mean).clamp(0, 1)
             picked = (pairs[:, 0] == row).nonzero().flatten()
+            best_first = probabilities[row, pairs[picked, 1]].argsort(descending=True)
+            picked = picked[best_first]  # panels in the order of the printed labels
             classes = pairs[picked, 1].tolist()
             titles = [f"{self.class_names[c]} ({probabilities[row, c]:.2f})" for c in classes]
             figure = Figure(figsize=(3 * (1 + (1 if scenes is not None else len(classes))), 3.2))
