@@ -18,9 +18,9 @@ import torch
 
 from mlcl.config import from_dict, with_overrides
 from mlcl.engine.checkpoint import check_compatible, load_method, save_checkpoint
-from mlcl.engine.distributed import DistributedContext, resolve_device
+from mlcl.engine.distributed import resolve_device
 from mlcl.engine.evaluate import collect_outputs
-from mlcl.engine.loaders import build_eval_loader, build_split, data_root
+from mlcl.engine.loaders import build_split, data_root, split_eval_loader
 from mlcl.errors import ConfigError, UsageError
 
 DEFAULT_THRESHOLD = 0.5
@@ -77,13 +77,7 @@ def calibrate_thresholds(
         )
     dataset = build_split(config, split, data_root(config), train=False)
     check_compatible(state, checkpoint, method.name, dataset.class_names)
-    data = config.data
-    loader = build_eval_loader(
-        dataset,
-        data.eval_batch_size or data.batch_size,
-        data.workers,
-        DistributedContext(torch_device),
-    )
+    loader = split_eval_loader(config, dataset, torch_device)
     logits = collect_outputs(method, loader, torch_device, progress=progress)["logits"]
     thresholds = best_f1_thresholds(logits.sigmoid(), dataset.full_labels)
     calibrated = dict(state.get("thresholds", {}))

@@ -231,6 +231,15 @@ def build_loaders(
     return train_loader, val_loader
 
 
+def split_eval_loader(config: Config, dataset: Dataset, device: torch.device) -> DataLoader:
+    """A one-process evaluation loader over ``dataset`` with ``config.data``'s batch size and
+    workers: what the commands that read a checkpoint's split (calibrate, prototypes) use."""
+    data = config.data
+    return build_eval_loader(
+        dataset, data.eval_batch_size or data.batch_size, data.workers, DistributedContext(device)
+    )
+
+
 def build_eval_loader(
     dataset: Dataset,
     batch_size: int,

@@ -16,8 +16,8 @@ import torch
 
 from mlcl.config import from_dict, with_overrides
 from mlcl.engine.checkpoint import check_compatible, load_method, save_checkpoint
-from mlcl.engine.distributed import DistributedContext, resolve_device
-from mlcl.engine.loaders import build_eval_loader, build_split, data_root
+from mlcl.engine.distributed import resolve_device
+from mlcl.engine.loaders import build_split, data_root, split_eval_loader
 from mlcl.errors import CheckpointError
 from mlcl.methods.sadcl import class_prototypes
 from mlcl.models.semantic_decoder import Query2Label
@@ -45,13 +45,7 @@ def write_prototypes(
         config = with_overrides(config, list(overrides))
     dataset = build_split(config, "train", data_root(config), train=False)
     check_compatible(state, checkpoint, method.name, dataset.class_names)
-    data = config.data
-    loader = build_eval_loader(
-        dataset,
-        data.eval_batch_size or data.batch_size,
-        data.workers,
-        DistributedContext(torch_device),
-    )
+    loader = split_eval_loader(config, dataset, torch_device)
     prototypes = class_prototypes(method.model, loader, threshold)
     out = Path(out)
     if out.suffix == ".npy":
