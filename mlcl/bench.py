@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from mlcl.config import Config, with_overrides
-from mlcl.engine.distributed import setup_distributed
+from mlcl.engine.process_group import setup_distributed
 from mlcl.engine.run_dir import environment_info, peak_memory_mb
 from mlcl.engine.train import Training, build_training, training_step
 

@@ -176,8 +176,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mlcl.engine import evaluate, load_method
     from mlcl.engine.calibrate import calibrate_thresholds, stored_thresholds
     from mlcl.engine.checkpoint import check_compatible
-    from mlcl.engine.distributed import resolve_device
     from mlcl.engine.loaders import build_split, data_root
+    from mlcl.engine.process_group import resolve_device
 
     device = resolve_device(args.device)
     if args.calibrate:

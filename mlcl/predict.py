@@ -29,7 +29,7 @@ from mlcl.data.dataset import load_rgb
 from mlcl.data.transforms import build_transforms
 from mlcl.engine.calibrate import stored_thresholds
 from mlcl.engine.checkpoint import load_method
-from mlcl.engine.distributed import resolve_device
+from mlcl.engine.process_group import resolve_device
 from mlcl.errors import DataError, UsageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

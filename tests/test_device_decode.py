@@ -16,7 +16,6 @@ from mlcl.config import load_config, with_overrides
 from mlcl.data import MultiLabelDataset
 from mlcl.data.device_decode import DeviceDecoder, EncodedImages, collate_encoded
 from mlcl.engine import fit
-from mlcl.engine.distributed import DistributedContext
 from mlcl.engine.loaders import (
     batch_to_device,
     build_datasets,
@@ -24,6 +23,7 @@ from mlcl.engine.loaders import (
     device_decoder,
     seed_epoch,
 )
+from mlcl.engine.process_group import DistributedContext
 from mlcl.errors import ConfigError, DataError
 from tests.test_engine_toys import ToyDataset
 

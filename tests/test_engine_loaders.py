@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from mlcl.engine.distributed import DistributedContext
 from mlcl.engine.loaders import build_loaders, seed_epoch
+from mlcl.engine.process_group import DistributedContext
 from tests.test_engine_toys import ToyDataset, toy_config
 
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlcl.collectives import all_reduce_mean, rank
 from mlcl.config import load_config
-from mlcl.distributed import all_reduce_mean, rank
 from mlcl.losses import binary_cross_entropy
 from mlcl.methods import Method, MethodOptions, register_method, split_weight_decay
 

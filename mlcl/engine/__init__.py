@@ -7,7 +7,7 @@
   ``batch_to_device`` (which decodes the images there with ``data.decode: device``).
 - :mod:`mlcl.engine.optim`: AdamW per phase, learning-rate schedules, mixed precision.
 - :mod:`mlcl.engine.checkpoint`: atomic checkpoints and ``load_method`` for a trained one.
-- :mod:`mlcl.engine.distributed`: ``torchrun`` set-up.
+- :mod:`mlcl.engine.process_group`: ``torchrun`` set-up.
 - :mod:`mlcl.engine.run_dir`: the run directory (config, metrics, summary).
 """
 

@@ -18,9 +18,9 @@ import torch
 
 from mlcl.config import from_dict, with_overrides
 from mlcl.engine.checkpoint import check_compatible, load_method, save_checkpoint
-from mlcl.engine.distributed import resolve_device
 from mlcl.engine.evaluate import collect_outputs
 from mlcl.engine.loaders import build_split, data_root, split_eval_loader
+from mlcl.engine.process_group import resolve_device
 from mlcl.errors import ConfigError, UsageError
 
 DEFAULT_THRESHOLD = 0.5

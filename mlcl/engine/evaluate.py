@@ -13,10 +13,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mlcl.collectives import all_gather_variable
 from mlcl.data.device_decode import DeviceDecoder
-from mlcl.distributed import all_gather_variable
-from mlcl.engine.distributed import DistributedContext, resolve_device
 from mlcl.engine.loaders import batch_to_device, build_eval_loader
+from mlcl.engine.process_group import DistributedContext, resolve_device
 from mlcl.methods import Method
 from mlcl.metrics import MultiLabelMetrics, threshold_metrics
 

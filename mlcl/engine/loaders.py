@@ -35,7 +35,7 @@ from torch.utils.data import (
 from mlcl.config import Config
 from mlcl.data import MultiLabelDataset, build_dataset, build_transforms, ensure_synthetic
 from mlcl.data.device_decode import DeviceDecoder, EncodedImages, collate_encoded
-from mlcl.engine.distributed import DistributedContext, barrier
+from mlcl.engine.process_group import DistributedContext, barrier
 from mlcl.errors import ConfigError, DataError
 
 

@@ -16,8 +16,8 @@ import torch
 
 from mlcl.config import from_dict, with_overrides
 from mlcl.engine.checkpoint import check_compatible, load_method, save_checkpoint
-from mlcl.engine.distributed import resolve_device
 from mlcl.engine.loaders import build_split, data_root, split_eval_loader
+from mlcl.engine.process_group import resolve_device
 from mlcl.errors import CheckpointError
 from mlcl.methods.sadcl import class_prototypes
 from mlcl.models.semantic_decoder import Query2Label

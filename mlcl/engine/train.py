@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 import mlcl
+from mlcl.collectives import all_reduce_mean
 from mlcl.config import Config, for_restoring
-from mlcl.distributed import all_reduce_mean
 from mlcl.engine.checkpoint import (
     FORMAT_VERSION,
     check_compatible,
@@ -48,7 +48,6 @@ from mlcl.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from mlcl.engine.distributed import DistributedContext, cleanup_distributed, setup_distributed
 from mlcl.engine.evaluate import collect_outputs, compute_metrics
 from mlcl.engine.kill_points import kill_point
 from mlcl.engine.loaders import (
@@ -61,6 +60,7 @@ from mlcl.engine.loaders import (
     seed_everything,
 )
 from mlcl.engine.optim import autocast_dtype, build_grad_scaler, build_optimizers, build_scheduler
+from mlcl.engine.process_group import DistributedContext, cleanup_distributed, setup_distributed
 from mlcl.engine.run_dir import (
     RunDir,
     environment_info,

@@ -19,7 +19,7 @@ State that must survive a restart (prototypes, memory banks, per-scene co-occurr
 per-image label estimates) is kept in registered buffers or parameters, so it travels in
 ``state_dict()``: checkpoints save it and resuming restores it. The engine wraps the method in DDP
 with ``broadcast_buffers=False``: a method keeps its buffers consistent across ranks itself, with
-the collectives in :mod:`mlcl.distributed` (summing counts, averaging prototypes, gathering the
+the collectives in :mod:`mlcl.collectives` (summing counts, averaging prototypes, gathering the
 per-image updates of every rank).
 
 A batch is a dict of tensors (what :mod:`mlcl.data` datasets return, collated):

@@ -51,8 +51,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mlcl.collectives import all_reduce_sum
 from mlcl.config import ranged
-from mlcl.distributed import all_reduce_sum
 from mlcl.errors import ConfigError
 from mlcl.losses import label_supcon_loss, pscl_loss
 from mlcl.methods.base import Batch

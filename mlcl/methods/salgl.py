@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
+from mlcl.collectives import all_reduce_sum
 from mlcl.config import ranged
-from mlcl.distributed import all_reduce_sum
 from mlcl.losses.scene import batch_entropy_gap, sample_entropy
 from mlcl.methods.base import Batch, Method
 from mlcl.methods.baseline import ClassificationLossOptions, classification_loss

@@ -46,8 +46,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from mlcl.collectives import all_gather_cat
 from mlcl.config import ranged
-from mlcl.distributed import all_gather_cat
 from mlcl.losses.single_positive import role_loss, semantic_contrastive_loss
 from mlcl.methods.base import Batch, Method, MethodOptions, split_weight_decay
 from mlcl.methods.registry import register_method

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from mlcl.collectives import all_gather_cat
 from mlcl.config import ranged
-from mlcl.distributed import all_gather_cat
 from mlcl.errors import ConfigError
 from mlcl.losses.single_positive import (
     assume_negative_loss,
