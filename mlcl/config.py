@@ -1,16 +1,20 @@
 """One typed configuration for notebooks, the CLI and papermill alike.
 
-A configuration is five sections of dataclasses: ``data``, ``model``, ``optim``, ``run`` and
-``method`` (the options of the method named by ``model.method``; each method declares its own
-dataclass, so its keys are typed too). It is read from YAML, overridden with ``key.sub=value``
-strings (the CLI's ``--set``) or a dict (a notebook's parameters), and saved beside every run.
+A configuration is four sections of dataclasses, ``data``, ``model``, ``optim`` and ``run``, and
+the ``method`` section: the options of the method named by ``model.method``, kept here as plain
+data. This module never imports a method: each method declares its own options dataclass, and
+:func:`mlcl.methods.method_options` checks the section against it (as timm's ``create_model``
+hands keyword arguments to a model's entry point), so method keys are typed too. A configuration
+is read from YAML, overridden with ``key.sub=value`` strings (the CLI's ``--set``) or a dict (a
+notebook's parameters), and saved beside every run.
 
 Named presets ship in ``mlcl/presets/*.yaml``: ``load_config("baseline-quick")`` reads one, and a
 path to any YAML file works the same way. A preset may start from another with ``base: NAME``;
 its first comment line is its description (``mlcl presets``).
 
-Every value is checked against its field's type: an unknown key, a value of the wrong type or a
-choice outside a ``Literal`` raises ``ConfigError`` naming the key. A numeric field declared with
+Every value is checked against its field's type (pydantic, strict: no string is read as a number):
+an unknown key, a value of the wrong type or a choice outside a ``Literal`` raises ``ConfigError``
+naming the key. A numeric field declared with
 :func:`ranged` is also checked against its range (``data.image_size: must be > 0, got -5``), so a
 bad number stops the run here rather than as a traceback in a loader worker. YAML is read with
 YAML 1.2's scalars: ``off`` and ``no`` are strings, ``1e-4`` is a number.
@@ -19,16 +23,17 @@ YAML 1.2's scalars: ``off`` and ``no`` are strings, ``1e-4`` is a number.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pydantic
 import yaml
 
 from mlcl.errors import ConfigError
@@ -183,10 +188,11 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    method: Any = None  # the method's own Options dataclass; filled in by `resolve_method`
+    # The method's options as written (plain data); `mlcl.methods.method_options` types them.
+    method: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        return to_plain(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -234,32 +240,24 @@ def load_config(
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
-    """Typed ``Config`` from nested plain data (as read from YAML)."""
+    """Typed ``Config`` from nested plain data (as read from YAML). The ``method`` section is
+    kept as written; :func:`mlcl.methods.method_options` checks it."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a configuration must be a mapping, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(SECTIONS)})")
     # An empty section in YAML (`run:` with nothing under it) reads as None.
-    config = Config(
-        data=_build(DataConfig, raw.get("data") or {}, "data"),
-        model=_build(ModelConfig, raw.get("model") or {}, "model"),
-        optim=_build(OptimConfig, raw.get("optim") or {}, "optim"),
-        run=_build(RunConfig, raw.get("run") or {}, "run"),
+    method = raw.get("method") or {}
+    if not isinstance(method, dict):
+        raise ConfigError(f"method: must be a mapping, got {method!r}")
+    return Config(
+        data=build_section(DataConfig, raw.get("data") or {}, "data"),
+        model=build_section(ModelConfig, raw.get("model") or {}, "model"),
+        optim=build_section(OptimConfig, raw.get("optim") or {}, "optim"),
+        run=build_section(RunConfig, raw.get("run") or {}, "run"),
+        method=to_plain(method),
     )
-    return resolve_method(config, raw.get("method") or {})
-
-
-def resolve_method(config: Config, method_raw: dict[str, Any] | None = None) -> Config:
-    """Fill ``config.method`` with the options dataclass of ``config.model.method``."""
-    from mlcl.methods import get_method_class  # the registry imports every method
-
-    options_cls = get_method_class(config.model.method).Options
-    if isinstance(method_raw, options_cls):
-        config.method = method_raw
-    else:
-        config.method = _build(options_cls, method_raw or {}, "method")
-    return config
 
 
 def with_overrides(config: Config, overrides: list[str] | dict[str, Any]) -> Config:
@@ -273,15 +271,41 @@ def with_overrides(config: Config, overrides: list[str] | dict[str, Any]) -> Con
     return from_dict(raw)
 
 
-def for_restoring(config: Config) -> Config:
-    """A copy of ``config`` without what only starts a fresh run: pre-trained weights and the
-    method's ``start_only`` fields (a stage-1 checkpoint, prototypes). A run's own checkpoint
-    holds all of that already, and the files they name may have moved since it was written."""
-    restored = from_dict(config.to_dict())
-    restored.model.pretrained, restored.model.pretrained_file = False, ""
-    for name in type(restored.method).start_only:
-        setattr(restored.method, name, "")
-    return restored
+def build_section(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """The dataclass ``cls`` from a section's plain ``values``, every value checked against its
+    field's type and range; ``ConfigError`` names ``prefix.key``, what was expected and the
+    value. Integers stand for floats and lists for tuples, as YAML writes them; nothing else is
+    converted."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix}: must be a mapping, got {values!r}")
+    fields = {spec.name: spec for spec in dataclasses.fields(cls)}
+    for name, value in values.items():
+        if name not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            raise ConfigError(f"{prefix}.{name}: unknown key (known: {known})")
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):  # a YAML date, say: pydantic reads JSON text below
+            raise ConfigError(f"{prefix}.{name}: {value!r} is not a plain YAML value") from None
+    # JSON input, strict: the lax mode would read "3" as 3 and 1 as true.
+    try:
+        section = _adapter(cls).validate_json(json.dumps(values), strict=True)
+    except pydantic.ValidationError as err:
+        raise ConfigError(_type_error(cls, prefix, values, err.errors()[0])) from None
+    for name, written in values.items():
+        _check_range(getattr(section, name), fields[name], f"{prefix}.{name}", written)
+    return section
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses as dicts and tuples as lists, as YAML and JSON write them."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj
 
 
 # --------------------------------------------------------------------------- helpers
@@ -399,22 +423,6 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[name] = value
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix}: must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for name, value in values.items():
-        key = f"{prefix}.{name}"
-        if name not in fields:
-            known = ", ".join(sorted(fields)) or "none"
-            raise ConfigError(f"{key}: unknown key (known: {known})")
-        kwargs[name] = _coerce(value, hints[name], key)
-        _check_range(kwargs[name], fields[name], key, value)
-    return cls(**kwargs)
-
-
 def _check_range(value: Any, spec: dataclasses.Field, key: str, written: Any) -> None:
     """``ConfigError`` naming ``key`` and the value as ``written`` when ``value`` (each value of a
     tuple) lies outside the field's :func:`ranged` range."""
@@ -426,69 +434,32 @@ def _check_range(value: Any, spec: dataclasses.Field, key: str, written: Any) ->
         raise ConfigError(f"{key}: must be {allowed.text}, got {written!r}")
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``hint``; allow int → float and list → tuple."""
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return value
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value in choices:
-            return value
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            try:
-                return _coerce(value, option, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: {value!r} is not of type {hint}")
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-    if origin is list:
-        (arg,) = typing.get_args(hint)
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, arg, key) for v in value]
-    if origin is dict:
-        key_type, value_type = typing.get_args(hint)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return {
-            _coerce(k, key_type, key): _coerce(v, value_type, f"{key}.{k}")
-            for k, v in value.items()
-        }
-    if hint is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{key}: expected null, got {value!r}")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported type {hint}")
+@functools.cache
+def _adapter(cls: type) -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(cls)
 
 
-def _to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, tuple | list):
-        return [_to_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    return obj
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _type_error(cls: type, prefix: str, values: dict[str, Any], error: dict[str, Any]) -> str:
+    """One line for pydantic's first ``error``: the key, what its type expects, the value."""
+    name, *where = error["loc"]
+    key, hint = f"{prefix}.{name}", typing.get_type_hints(cls)[name]
+    if typing.get_origin(hint) is tuple:
+        arity = len(typing.get_args(hint))
+        if not where or error["type"] in ("missing", "too_long"):
+            return f"{key}: expected {arity} values, got {values[name]!r}"
+        hint = typing.get_args(hint)[where[0]]  # one element of the tuple is wrong
+    value = error["input"]
+    if typing.get_origin(hint) is Literal:
+        return f"{key}: {value!r} is not one of {', '.join(map(str, typing.get_args(hint)))}"
+    if hint in _EXPECTED:
+        return f"{key}: expected {_EXPECTED[hint]}, got {value!r}"
+    return f"{key}: {error['msg']}, got {value!r}"
+
+
+def for_restoring(config: Config) -> Config:  # TEMPORARY: moves to mlcl.methods.registry
+    from mlcl.methods.registry import for_restoring as restore
+
+    return restore(config)

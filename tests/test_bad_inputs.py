@@ -20,7 +20,7 @@ import pytest
 from mlcl.cli import main
 from mlcl.config import DataConfig, ModelConfig, OptimConfig, Range, RunConfig, load_config
 from mlcl.errors import ConfigError
-from mlcl.methods import get_method_class, method_names
+from mlcl.methods import get_method_class, method_names, resolve_config
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "run": RunConfig}
 
@@ -86,13 +86,13 @@ def test_every_number_of_the_configuration_declares_its_range():
 @pytest.mark.parametrize(("key", "needs", "value"), WRONG_TYPES, ids=_ids(WRONG_TYPES))
 def test_a_value_of_the_wrong_type_names_the_key(key, needs, value):
     with pytest.raises(ConfigError, match=f"^{re.escape(key)}: "):
-        load_config(None, {**needs, key: value})
+        resolve_config(load_config(None, {**needs, key: value}))
 
 
 @pytest.mark.parametrize(("key", "needs", "value"), OUT_OF_RANGE, ids=_ids(OUT_OF_RANGE))
 def test_a_value_out_of_range_names_the_key_and_the_range(key, needs, value):
     with pytest.raises(ConfigError, match=f"^{re.escape(key)}: must be "):
-        load_config(None, {**needs, key: value})
+        resolve_config(load_config(None, {**needs, key: value}))
 
 
 # --------------------------------------------------------------------------- files on the CLI

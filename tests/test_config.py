@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from mlcl.config import (
@@ -13,15 +16,22 @@ from mlcl.config import (
     with_overrides,
 )
 from mlcl.errors import ConfigError
+from mlcl.methods import method_options, resolve_config
 from mlcl.methods.baseline import BaselineOptions
 from tests.test_engine_toys import ToyOptions
+
+
+def load_checked(*args):
+    """Load as the commands do: the method section checked against the method's options."""
+    return resolve_config(load_config(*args))
 
 
 def test_defaults_and_the_method_options():
     config = load_config()
     assert isinstance(config, Config)
     assert config.model.method == "baseline"
-    assert isinstance(config.method, BaselineOptions)
+    assert config.method == {}  # plain data, as written
+    assert isinstance(method_options(config), BaselineOptions)
     assert config.data.batch_size == 32 and config.optim.betas == (0.9, 0.999)
 
 
@@ -33,7 +43,7 @@ def test_a_preset_and_overrides():
     assert config.optim.lr == 3e-4  # "3e-4" is a number (YAML 1.1 would read a string)
     assert config.data.batch_size == 4
     assert config.optim.betas == (0.8, 0.9)
-    assert config.method.loss == "bce"
+    assert method_options(config).loss == "bce"
     assert config.data.dataset == "synthetic"  # from the preset
 
 
@@ -61,6 +71,12 @@ def test_words_like_off_stay_strings():
         ("run.progress=1", r"run\.progress: expected true or false"),
         ("optim.lr=fast", r"optim\.lr: expected a number"),
         ("optim.betas=[0.9]", r"optim\.betas: expected 2 values"),
+        (
+            "optim.betas=[0.9, 0.99, 0.9]",
+            r"^optim\.betas: expected 2 values, got \[0\.9, 0\.99, 0\.9\]$",
+        ),
+        ("optim.betas=[0.9, fast]", r"^optim\.betas: expected a number, got 'fast'$"),
+        ("data.root=2026-12-03", r"^data\.root: datetime\.date\(2026, 12, 3\) is not a plain YAML"),
         ("run.amp=fp8", r"run\.amp: 'fp8' is not one of auto, bf16, fp16, off"),
         ("run.compile_mode=fast", r"run\.compile_mode: 'fast' is not one of default, reduce-ove"),
         ("data.decode=gpu", r"data\.decode: 'gpu' is not one of loader, device"),
@@ -75,7 +91,29 @@ def test_words_like_off_stay_strings():
 )
 def test_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("baseline-quick", [override])
+        load_checked("baseline-quick", [override])
+
+
+def test_loading_a_configuration_imports_no_method():
+    """The configuration knows no method (no cycle through the registry, no torch import)."""
+    code = (
+        "import sys; from mlcl.config import load_config; "
+        "config = load_config('sadcl-quick', ['method.nonsense=1']); "
+        "assert config.method['nonsense'] == 1; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlcl', 'torch')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['mlcl', 'mlcl.config', 'mlcl.errors']"
+
+
+def test_resolving_writes_every_option_out():
+    config = load_config("sadcl-quick", ["method.sscl_weight=3"])
+    resolved = resolve_config(config)
+    assert resolved.method["sscl_weight"] == 3.0 and "pscl_temperature" in resolved.method
+    assert method_options(resolved) == method_options(config)
+    assert resolve_config(resolved) == resolved and resolved.hash() != config.hash()
+    assert config.method == {**load_config("sadcl-quick").method, "sscl_weight": 3}  # untouched
 
 
 def test_unknown_preset_lists_the_known_ones():
@@ -166,6 +204,6 @@ def test_hash_changes_with_any_value():
 
 def test_changing_the_method_drops_the_old_methods_options():
     config = load_config("baseline-quick", ["method.loss=bce"])
-    assert with_overrides(config, {"run.seed": 2}).method.loss == "bce"  # same method: kept
+    assert with_overrides(config, {"run.seed": 2}).method["loss"] == "bce"  # same method: kept
     changed = with_overrides(config, {"model.method": "test-toy"})
-    assert changed.method == ToyOptions()
+    assert changed.method == {} and method_options(changed) == ToyOptions()

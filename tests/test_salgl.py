@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from mlcl.config import load_config, with_overrides
 from mlcl.engine import load_checkpoint, save_checkpoint
 from mlcl.losses.scene import batch_entropy_gap, sample_entropy
-from mlcl.methods import build_method
+from mlcl.methods import build_method, method_options
 from mlcl.models.bilinear_attention import LowRankBilinearAttention
 from mlcl.models.ggnn import GatedGraphNetwork
 from mlcl.models.scene_graph import (
@@ -365,11 +365,12 @@ def test_a_few_steps_on_a_tiny_batch_reduce_the_loss():
 def test_presets_load_and_the_quick_one_has_a_scene_per_true_scene():
     from mlcl.data.synthetic import SCENES
 
-    assert load_config("salgl-quick").method.num_scenes == len(SCENES)
+    assert method_options(load_config("salgl-quick")).num_scenes == len(SCENES)
     coco, nuswide = load_config("salgl-coco"), load_config("salgl-nuswide")
-    assert coco.method.num_scenes == 6 and coco.model.backbone == "resnet101"
-    assert (coco.method.gamma_neg, coco.method.clip) == (2.0, 0.0)
-    assert nuswide.data.dataset == "nuswide" and nuswide.method == coco.method
+    options = method_options(coco)
+    assert options.num_scenes == 6 and coco.model.backbone == "resnet101"
+    assert (options.gamma_neg, options.clip) == (2.0, 0.0)
+    assert nuswide.data.dataset == "nuswide" and method_options(nuswide) == options
 
 
 def test_the_voc_preset_runs_on_a_vision_transformers_patch_tokens():

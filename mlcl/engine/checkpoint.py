@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlcl.config import for_restoring, from_dict
+from mlcl.config import from_dict
 from mlcl.engine.kill_points import kill_point
 from mlcl.errors import CheckpointError
-from mlcl.methods import Method, build_method
+from mlcl.methods import Method, build_method, for_restoring
 
 FORMAT_VERSION = 1
 

@@ -4,7 +4,15 @@ Importing this package registers every method, so ``build_method`` knows them al
 """
 
 from mlcl.methods.base import Batch, Method, MethodOptions, split_weight_decay
-from mlcl.methods.registry import build_method, get_method_class, method_names, register_method
+from mlcl.methods.registry import (
+    build_method,
+    for_restoring,
+    get_method_class,
+    method_names,
+    method_options,
+    register_method,
+    resolve_config,
+)
 
 # Registration happens on import; keep this list in reading order of the book.
 from mlcl.methods import baseline  # noqa: F401  isort: skip
@@ -20,8 +28,11 @@ __all__ = [
     "Method",
     "MethodOptions",
     "build_method",
+    "for_restoring",
     "get_method_class",
     "method_names",
+    "method_options",
     "register_method",
+    "resolve_config",
     "split_weight_decay",
 ]

@@ -34,14 +34,18 @@ A batch is a dict of tensors (what :mod:`mlcl.data` datasets return, collated):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
+from mlcl.config import build_section
+
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from mlcl.config import Config
 
 Batch = dict[str, torch.Tensor]
@@ -60,6 +64,13 @@ class MethodOptions:
     # their files may have moved since.
     start_only: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> Self:
+        """These options from a configuration's ``method`` section (plain data, defaults for
+        what it leaves out); an unknown key or a bad value raises ``ConfigError`` naming
+        ``method.<key>``."""
+        return build_section(cls, dict(section), "method")
+
 
 class Method(nn.Module):
     """Base class of every method. Subclasses set ``name`` and ``Options`` and implement
@@ -74,7 +85,7 @@ class Method(nn.Module):
     def __init__(self, config: Config, num_classes: int, num_train_images: int) -> None:
         super().__init__()
         self.config = config
-        self.options = config.method
+        self.options = self.Options.from_section(config.method)
         self.num_classes = num_classes
         self.num_train_images = num_train_images
 

@@ -1,14 +1,11 @@
-"""Name → method class, and the one ``build_method`` entry every caller uses."""
+"""Name → method class, the one ``build_method`` entry every caller uses, and what turns a
+configuration's ``method`` section into the method's typed options."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from mlcl.config import Config, from_dict, to_plain
 from mlcl.errors import ConfigError
-from mlcl.methods.base import Method
-
-if TYPE_CHECKING:
-    from mlcl.config import Config
+from mlcl.methods.base import Method, MethodOptions
 
 _METHODS: dict[str, type[Method]] = {}
 
@@ -39,3 +36,29 @@ def build_method(config: Config, num_classes: int, num_train_images: int) -> Met
     """Build the method named by ``config.model.method``."""
     cls = get_method_class(config.model.method)
     return cls(config, num_classes=num_classes, num_train_images=num_train_images)
+
+
+def method_options(config: Config) -> MethodOptions:
+    """The typed options of ``config.model.method`` from ``config.method``; an unknown method, an
+    unknown key or a bad value raises ``ConfigError`` naming it (``method.temperature: ...``)."""
+    return get_method_class(config.model.method).Options.from_section(config.method)
+
+
+def resolve_config(config: Config) -> Config:
+    """A copy of ``config`` whose method section is checked and written out in full, defaults
+    included: what a run saves beside itself (and hashes), so that it still reads the same
+    when a default changes. Commands call it first, so a bad key stops them at once."""
+    resolved = from_dict(config.to_dict())
+    resolved.method = to_plain(method_options(config))
+    return resolved
+
+
+def for_restoring(config: Config) -> Config:
+    """A copy of ``config`` without what only starts a fresh run: pre-trained weights and the
+    method's ``start_only`` fields (a stage-1 checkpoint, prototypes). A run's own checkpoint
+    holds all of that already, and the files they name may have moved since it was written."""
+    restored = from_dict(config.to_dict())
+    restored.model.pretrained, restored.model.pretrained_file = False, ""
+    for name in get_method_class(config.model.method).Options.start_only:
+        restored.method[name] = ""
+    return restored
