@@ -20,6 +20,7 @@ from mlcl.methods.scob import Scob
 from mlcl.methods.spml import label_correlation
 from mlcl.models.cam import cam_to_masks, class_activation_map, grad_cam
 from mlcl.models.masked_transformer import MaskedTokenEncoder, momentum_update
+from mlcl.models.transformer_spec import TransformerSpec
 
 # --------------------------------------------------------------------------- CAM
 
@@ -79,7 +80,8 @@ def test_cam_to_masks_resizes_crops_corners_and_thresholds():
 
 def _encoder():
     torch.manual_seed(0)
-    return MaskedTokenEncoder(in_channels=6, dim=16, num_layers=2, num_heads=4, ff_dim=32).eval()
+    spec = TransformerSpec(dim=16, heads=4, ff_dim=32)
+    return MaskedTokenEncoder(in_channels=6, spec=spec, num_layers=2).eval()
 
 
 def test_masked_tokens_do_not_influence_the_object_feature():

@@ -14,6 +14,7 @@ from mlcl.models.label_attention import LabelAttention, MulConModel
 from mlcl.models.position_encoding import SinePositionEncoding, sine_position_encoding
 from mlcl.models.projector import Projector
 from mlcl.models.semantic_decoder import Query2Label, SemanticDecoder
+from mlcl.models.transformer_spec import TransformerSpec
 
 
 def test_sine_encoding_values_and_shape():
@@ -45,8 +46,7 @@ def test_semantic_decoder_shapes_and_attention(self_attention):
     decoder = SemanticDecoder(
         in_channels=12,
         num_classes=5,
-        dim=16,
-        heads=2,
+        spec=TransformerSpec(dim=16, heads=2, ff_dim=0),
         decoder_layers=2,
         query_self_attention=self_attention,
     ).eval()
@@ -67,7 +67,8 @@ def test_semantic_decoder_attention_localises_a_planted_key():
     """Cross-attention as soft localisation: with one pixel made to match a class query, that
     class's attention peaks there."""
     torch.manual_seed(0)
-    decoder = SemanticDecoder(8, 3, dim=8, heads=1, encoder_layers=0, decoder_layers=1).eval()
+    spec = TransformerSpec(dim=8, heads=1, ff_dim=0)
+    decoder = SemanticDecoder(8, 3, spec, encoder_layers=0, decoder_layers=1).eval()
     attention_layer = decoder.decoder[0].cross_attn
     with torch.no_grad():
         attention_layer.in_proj_weight.copy_(torch.eye(8).repeat(3, 1))  # q = k = v = x
@@ -80,8 +81,10 @@ def test_semantic_decoder_attention_localises_a_planted_key():
 
 
 def test_semantic_decoder_without_projection_and_gradients_reach_everything():
-    decoder = SemanticDecoder(16, 4, dim=0, heads=4, encoder_layers=1, decoder_layers=1)
+    spec = TransformerSpec(dim=0, heads=4, ff_dim=0)
+    decoder = SemanticDecoder(16, 4, spec, encoder_layers=1, decoder_layers=1)
     assert isinstance(decoder.input_proj, nn.Identity) and decoder.dim == 16
+    assert decoder.encoder[0].feed_forward[0].out_features == 64  # ff_dim 0: 4·D
     feature_map = torch.randn(2, 16, 3, 3, requires_grad=True)
     features, _ = decoder(feature_map)
     features.square().sum().backward()
@@ -92,9 +95,9 @@ def test_semantic_decoder_without_projection_and_gradients_reach_everything():
 
 def test_semantic_decoder_rejects_bad_sizes():
     with pytest.raises(ValueError, match="heads"):
-        SemanticDecoder(16, 4, dim=18, heads=4)
+        SemanticDecoder(16, 4, TransformerSpec(dim=18, heads=4, ff_dim=0))
     with pytest.raises(ValueError, match="decoder layer"):
-        SemanticDecoder(16, 4, dim=16, decoder_layers=0)
+        SemanticDecoder(16, 4, TransformerSpec(dim=16, heads=4, ff_dim=0), decoder_layers=0)
 
 
 def test_label_attention_matches_its_formula():
@@ -134,7 +137,8 @@ def test_projector_shape():
 def test_full_models_give_logits_features_and_attention(model_class):
     backbone = Backbone("test_resnet")  # 96 channels at stride 32
     if model_class is Query2Label:
-        model = Query2Label(backbone, 5, dim=32, heads=2, encoder_layers=1, decoder_layers=1)
+        spec = TransformerSpec(dim=32, heads=2, ff_dim=0)
+        model = Query2Label(backbone, 5, spec, encoder_layers=1, decoder_layers=1)
     else:
         model = MulConModel(backbone, 5, dim=32)
     model.eval()

@@ -59,13 +59,7 @@ class Baseline(Method):
 
     def __init__(self, config, num_classes: int, num_train_images: int) -> None:
         super().__init__(config, num_classes, num_train_images)
-        model = config.model
-        self.backbone = Backbone(
-            model.backbone,
-            model.pretrained,
-            model.pretrained_file,
-            output_stride=model.output_stride,
-        )
+        self.backbone = Backbone.from_config(config.model)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(self.options.dropout)
         self.classifier = nn.Linear(self.backbone.num_features, num_classes)

@@ -31,8 +31,9 @@ from mlcl.config import ranged
 from mlcl.losses import multilabel_supcon_loss
 from mlcl.methods.base import Batch, Method
 from mlcl.methods.baseline import ClassificationLossOptions, classification_loss
-from mlcl.methods.q2l import build_backbone, load_model_weights
+from mlcl.methods.q2l import load_model_weights
 from mlcl.methods.registry import register_method
+from mlcl.models import Backbone
 from mlcl.models.label_attention import MulConModel
 from mlcl.models.projector import Projector
 
@@ -65,9 +66,8 @@ class MulCon(Method):
     def __init__(self, config, num_classes: int, num_train_images: int) -> None:
         super().__init__(config, num_classes, num_train_images)
         options = self.options
-        self.model = MulConModel(
-            build_backbone(config), num_classes, dim=options.hidden_dim, key_dim=options.key_dim
-        )
+        backbone = Backbone.from_config(config.model)
+        self.model = MulConModel(backbone, num_classes, options.hidden_dim, options.key_dim)
         dim = self.model.label_attention.dim
         self.projector = Projector(dim, options.projection_dim, options.projection_hidden_dim)
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))

@@ -31,6 +31,7 @@ from mlcl.methods.baseline import ClassificationLossOptions, classification_loss
 from mlcl.methods.registry import register_method
 from mlcl.models import Backbone
 from mlcl.models.semantic_decoder import Query2Label
+from mlcl.models.transformer_spec import TransformerSpec
 
 
 @dataclass
@@ -49,14 +50,6 @@ class Q2LOptions(ClassificationLossOptions):
     query_self_attention: bool = False  # SADCL's run drops it (keep_*_self_attn_dec = false)
     init_from: str = ""  # a checkpoint whose model.* weights start this run (stage 2)
     init_from_ema: bool = False  # take that checkpoint's EMA weights instead
-
-
-def build_backbone(config) -> Backbone:
-    """The backbone ``config.model`` names."""
-    model = config.model
-    return Backbone(
-        model.backbone, model.pretrained, model.pretrained_file, output_stride=model.output_stride
-    )
 
 
 def load_model_weights(model: nn.Module, path: str, ema: bool = False) -> None:
@@ -102,15 +95,13 @@ class Q2L(Method):
     def __init__(self, config, num_classes: int, num_train_images: int) -> None:
         super().__init__(config, num_classes, num_train_images)
         options = self.options
+        spec = TransformerSpec(options.hidden_dim, options.heads, options.ff_dim, options.dropout)
         self.model = Query2Label(
-            build_backbone(config),
+            Backbone.from_config(config.model),
             num_classes,
-            dim=options.hidden_dim,
-            heads=options.heads,
+            spec,
             encoder_layers=options.encoder_layers,
             decoder_layers=options.decoder_layers,
-            ff_dim=options.ff_dim,
-            dropout=options.dropout,
             query_self_attention=options.query_self_attention,
         )
         if options.init_from:

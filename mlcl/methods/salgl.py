@@ -42,6 +42,7 @@ from mlcl.methods.baseline import ClassificationLossOptions, classification_loss
 from mlcl.methods.registry import register_method
 from mlcl.models import Backbone
 from mlcl.models.scene_graph import SceneGraphModel, cooccurrence_increment
+from mlcl.models.transformer_spec import TransformerSpec
 from mlcl.scene_metrics import normalized_mutual_info, purity, usage_entropy
 
 
@@ -79,28 +80,26 @@ class SALGL(Method):
 
     def __init__(self, config, num_classes: int, num_train_images: int) -> None:
         super().__init__(config, num_classes, num_train_images)
-        model, options = config.model, self.options
-        backbone = Backbone(
-            model.backbone,
-            model.pretrained,
-            model.pretrained_file,
-            output_stride=model.output_stride,
+        options = self.options
+        # The tokens' width is the projection's (feature_dim; 0 = the backbone's channels).
+        encoder = TransformerSpec(
+            options.feature_dim,
+            options.encoder_heads,
+            options.encoder_ff_dim,
+            options.encoder_dropout,
         )
         self.model = SceneGraphModel(
-            backbone,
+            Backbone.from_config(config.model),
             num_classes,
+            encoder,
+            encoder_layers=options.encoder_layers,
             num_scenes=options.num_scenes,
-            feature_dim=options.feature_dim,
             embedding_dim=options.embedding_dim,
             attention_dim=options.attention_dim,
             graph_steps=options.graph_steps,
             soft=options.soft,
             ignore_self=options.ignore_self,
             normalize=options.normalize,
-            encoder_layers=options.encoder_layers,
-            encoder_heads=options.encoder_heads,
-            encoder_ff_dim=options.encoder_ff_dim,
-            encoder_dropout=options.encoder_dropout,
             position_encoding=options.position_encoding,
         )
 

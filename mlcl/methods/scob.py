@@ -55,6 +55,7 @@ from mlcl.methods.spml import LabelEstimator, check_schedule_for_estimator, esti
 from mlcl.models import Backbone
 from mlcl.models.cam import cam_to_masks, grad_cam
 from mlcl.models.masked_transformer import SemanticMaskedTransformer
+from mlcl.models.transformer_spec import TransformerSpec
 
 
 @dataclass
@@ -122,26 +123,13 @@ class Scob(Method):
     def __init__(self, config, num_classes: int, num_train_images: int) -> None:
         super().__init__(config, num_classes, num_train_images)
         check_schedule_for_estimator(config)
-        model, options = config.model, self.options
+        options = self.options
         if options.negatives_per_class > options.bank_size:
             raise ValueError("method.negatives_per_class must not exceed method.bank_size")
-        backbone = Backbone(
-            model.backbone,
-            model.pretrained,
-            model.pretrained_file,
-            out_indices=(-2, -1),  # ResNet stages 3 and 4
-            output_stride=model.output_stride,
-        )
+        backbone = Backbone.from_config(config.model, out_indices=(-2, -1))  # ResNet stages 3, 4
         backbone.requires_grad_(not options.freeze_backbone)
-        self.model = SemanticMaskedTransformer(
-            backbone,
-            num_classes,
-            options.dim,
-            options.num_layers,
-            options.num_heads,
-            options.ff_dim,
-            options.dropout,
-        )
+        spec = TransformerSpec(options.dim, options.num_heads, options.ff_dim, options.dropout)
+        self.model = SemanticMaskedTransformer(backbone, num_classes, spec, options.num_layers)
         self.label_estimator = LabelEstimator(num_train_images, num_classes, options.estimator_init)
         self.augment = strong_augmentation()
         mean, std = torch.tensor(config.data.mean), torch.tensor(config.data.std)

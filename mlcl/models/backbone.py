@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import timm
 import torch
 from torch import nn
 
 from mlcl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from mlcl.config import ModelConfig
 
 
 class Backbone(nn.Module):
@@ -52,6 +58,18 @@ class Backbone(nn.Module):
         data_config = timm.data.resolve_data_config({}, model=self.body)
         self.mean: tuple[float, ...] = tuple(data_config["mean"])
         self.std: tuple[float, ...] = tuple(data_config["std"])
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, out_indices: Sequence[int] = (-1,)) -> Self:
+        """The backbone a configuration's ``model`` section names, with its weights and output
+        stride: what every method builds its network on."""
+        return cls(
+            model.backbone,
+            model.pretrained,
+            model.pretrained_file,
+            out_indices=out_indices,
+            output_stride=model.output_stride,
+        )
 
     @property
     def num_features(self) -> int:

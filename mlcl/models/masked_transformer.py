@@ -20,6 +20,7 @@ mask would hide every token keeps all of them (the code's attention would produc
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlcl.models.backbone import Backbone
+from mlcl.models.transformer_spec import TransformerSpec
 
 
 class LearnedPositionEncoding2d(nn.Module):
@@ -74,22 +76,15 @@ def guard_padding_mask(padding_mask: torch.Tensor | None) -> torch.Tensor | None
 
 class MaskedTokenEncoder(nn.Module):
     """One scale: feature map ``[B, in_channels, h, w]`` (+ key-padding mask ``[B, h, w]``, True =
-    token outside the object) → object vector ``[B, dim]``."""
+    token outside the object) → object vector ``[B, spec.dim]``."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        dim: int,
-        num_layers: int = 2,
-        num_heads: int = 8,
-        ff_dim: int = 2048,
-        dropout: float = 0.1,
-    ) -> None:
+    def __init__(self, in_channels: int, spec: TransformerSpec, num_layers: int = 2) -> None:
         super().__init__()
+        dim = spec.dim
         self.input_proj = nn.Conv2d(in_channels, dim, kernel_size=1)
         self.position = LearnedPositionEncoding2d(dim)
         layer = nn.TransformerEncoderLayer(
-            dim, num_heads, ff_dim, dropout, activation=F.leaky_relu, batch_first=True
+            dim, spec.heads, spec.ff_dim, spec.dropout, activation=F.leaky_relu, batch_first=True
         )
         self.encoder = nn.TransformerEncoder(
             layer, num_layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False
@@ -108,26 +103,20 @@ class MaskedTokenEncoder(nn.Module):
 
 
 class ObjectEncoder(nn.Module):
-    """Several scales, one :class:`MaskedTokenEncoder` each, concatenated: ``[B, dim]`` with
-    ``dim / num_scales`` per scale."""
+    """Several scales, one :class:`MaskedTokenEncoder` each, concatenated: ``[B, spec.dim]``
+    with ``spec.dim / num_scales`` per scale."""
 
     def __init__(
-        self,
-        in_channels: Sequence[int],
-        dim: int,
-        num_layers: int = 2,
-        num_heads: int = 8,
-        ff_dim: int = 2048,
-        dropout: float = 0.1,
+        self, in_channels: Sequence[int], spec: TransformerSpec, num_layers: int = 2
     ) -> None:
         super().__init__()
+        dim = spec.dim
         if dim % len(in_channels):
             raise ValueError(f"dim {dim} does not split evenly over {len(in_channels)} scales")
-        scale_dim = dim // len(in_channels)
+        scale_spec = dataclasses.replace(spec, dim=dim // len(in_channels))
         self.dim = dim
         self.scales = nn.ModuleList(
-            MaskedTokenEncoder(channels, scale_dim, num_layers, num_heads, ff_dim, dropout)
-            for channels in in_channels
+            MaskedTokenEncoder(channels, scale_spec, num_layers) for channels in in_channels
         )
 
     def forward(
@@ -175,22 +164,17 @@ class SemanticMaskedTransformer(nn.Module):
     """Backbone → two scales → masked transformers → object representation, with a classifier,
     a projector and a momentum copy of the object encoder.
 
-    ``backbone`` must return two maps (e.g. ``Backbone(name, out_indices=(-2, -1))``).
+    ``backbone`` must return two maps (e.g. ``Backbone(name, out_indices=(-2, -1))``); Scob's
+    code uses ``TransformerSpec(1024, heads=8, ff_dim=2048, dropout=0.1)`` and 2 layers.
     """
 
     def __init__(
-        self,
-        backbone: Backbone,
-        num_classes: int,
-        dim: int = 1024,
-        num_layers: int = 2,
-        num_heads: int = 8,
-        ff_dim: int = 2048,
-        dropout: float = 0.1,
+        self, backbone: Backbone, num_classes: int, spec: TransformerSpec, num_layers: int = 2
     ) -> None:
         super().__init__()
+        dim = spec.dim
         self.backbone = backbone
-        self.encoder = ObjectEncoder(backbone.channels, dim, num_layers, num_heads, ff_dim, dropout)
+        self.encoder = ObjectEncoder(backbone.channels, spec, num_layers)
         self.key_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.projector = Projector(dim)
         self.classifier = nn.Linear(dim, num_classes)

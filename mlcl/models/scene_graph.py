@@ -25,6 +25,7 @@ from mlcl.models.backbone import Backbone
 from mlcl.models.bilinear_attention import LowRankBilinearAttention
 from mlcl.models.ggnn import GatedGraphNetwork
 from mlcl.models.heads import GroupWiseLinear
+from mlcl.models.transformer_spec import TransformerSpec
 
 # ----------------------------------------------------------------- co-occurrence statistics
 
@@ -131,10 +132,13 @@ class SceneGraphModel(nn.Module):
 
     Args:
         backbone: a :class:`~mlcl.models.Backbone`; its last map ``[B, F, h, w]`` is used.
-        feature_dim: project the map to this many channels first (a 1 × 1 convolution) and work
-            at that size throughout; 0 keeps the backbone's ``F`` (SALGL: 2048 for ResNet-101).
-            The graph network costs ``O(C · F²)`` per image, so small CPU runs project.
         num_classes: ``C``.
+        encoder: the tokens' width and the transformer encoder over them (SALGL: 8 heads, FF
+            2048, dropout 0.1, post-norm). ``encoder.dim`` > 0 projects the map to that many
+            channels first (a 1 × 1 convolution) and the model works at that size throughout; 0
+            keeps the backbone's ``F`` (SALGL: 2048 for ResNet-101). The graph network costs
+            ``O(C · F²)`` per image, so small CPU runs project.
+        encoder_layers: SALGL: 1; 0 skips the encoder.
         num_scenes: ``K`` (SALGL on COCO: 6).
         embedding_dim: size of the learned label embeddings (the reference code can also read
             GloVe / BERT vectors of the class names; offline, they are learned).
@@ -143,8 +147,6 @@ class SceneGraphModel(nn.Module):
         soft: mix the scene graphs by ``q`` (soft) or take the most likely scene's (hard, the
             COCO configuration); the method updates the counts the same way.
         ignore_self, normalize: see :func:`conditional_probabilities`.
-        encoder_layers, encoder_heads, encoder_ff_dim, encoder_dropout: the transformer encoder
-            over the tokens (SALGL: 1 layer, 8 heads, 2048, 0.1, post-norm); 0 layers skips it.
         position_encoding: add a 2-D sine encoding to the tokens before the encoder.
     """
 
@@ -152,33 +154,31 @@ class SceneGraphModel(nn.Module):
         self,
         backbone: Backbone,
         num_classes: int,
+        encoder: TransformerSpec,
+        encoder_layers: int = 1,
         num_scenes: int = 6,
-        feature_dim: int = 0,
         embedding_dim: int = 300,
         attention_dim: int = 1024,
         graph_steps: int = 3,
         soft: bool = False,
         ignore_self: bool = False,
         normalize: bool = True,
-        encoder_layers: int = 1,
-        encoder_heads: int = 8,
-        encoder_ff_dim: int = 2048,
-        encoder_dropout: float = 0.1,
         position_encoding: bool = False,
     ) -> None:
         super().__init__()
-        dim = feature_dim or backbone.num_features
+        spec = encoder.for_input(backbone.num_features)
+        dim = spec.dim
         self.backbone = backbone
         self.input_projection: nn.Module = nn.Identity()
-        if feature_dim:
-            self.input_projection = nn.Conv2d(backbone.num_features, feature_dim, kernel_size=1)
+        if encoder.dim:  # asked for a width of its own, even one equal to the backbone's
+            self.input_projection = nn.Conv2d(backbone.num_features, dim, kernel_size=1)
         self.num_scenes = num_scenes
         self.soft = soft
         self.position_encoding = position_encoding
         self.encoder: nn.Module = nn.Identity()
         if encoder_layers > 0:
             layer = nn.TransformerEncoderLayer(
-                dim, encoder_heads, encoder_ff_dim, encoder_dropout, batch_first=True
+                dim, spec.heads, spec.ff_dim, spec.dropout, batch_first=True
             )
             self.encoder = nn.TransformerEncoder(layer, encoder_layers, enable_nested_tensor=False)
         self.scene_classifier = nn.Linear(dim, num_scenes, bias=False)

@@ -22,12 +22,15 @@ Layers are post-norm (normalise after each residual), as in DETR and Query2Label
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from mlcl.models.backbone import Backbone
 from mlcl.models.heads import GroupWiseLinear
 from mlcl.models.position_encoding import SinePositionEncoding
+from mlcl.models.transformer_spec import TransformerSpec
 
 
 class FeedForward(nn.Sequential):
@@ -45,11 +48,12 @@ class FeedForward(nn.Sequential):
 class EncoderLayer(nn.Module):
     """Self-attention among pixels (positions added to queries and keys), then feed-forward."""
 
-    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float) -> None:
+    def __init__(self, spec: TransformerSpec) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        dim, dropout = spec.dim, spec.dropout
+        self.self_attn = nn.MultiheadAttention(dim, spec.heads, dropout=dropout, batch_first=True)
         self.norm1 = nn.LayerNorm(dim)
-        self.feed_forward = FeedForward(dim, ff_dim, dropout)
+        self.feed_forward = FeedForward(dim, spec.ff_dim, dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
@@ -65,17 +69,16 @@ class DecoderLayer(nn.Module):
     """[Self-attention among the class queries,] cross-attention from the queries to the pixels
     (positions added to the keys), then feed-forward."""
 
-    def __init__(
-        self, dim: int, heads: int, ff_dim: int, dropout: float, self_attention: bool = True
-    ) -> None:
+    def __init__(self, spec: TransformerSpec, self_attention: bool = True) -> None:
         super().__init__()
+        dim, heads, dropout = spec.dim, spec.heads, spec.dropout
         self.self_attn = None
         if self_attention:
             self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
             self.norm1 = nn.LayerNorm(dim)
         self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.norm2 = nn.LayerNorm(dim)
-        self.feed_forward = FeedForward(dim, ff_dim, dropout)
+        self.feed_forward = FeedForward(dim, spec.ff_dim, dropout)
         self.norm3 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
@@ -106,11 +109,10 @@ class SemanticDecoder(nn.Module):
     Args:
         in_channels: ``F``, the backbone's channels.
         num_classes: ``C``, one query per class.
-        dim: hidden size ``D``; 0 keeps ``F`` (no input projection).
-        heads: attention heads (SADCL: 4).
+        spec: the layers' size, shared by the encoder and the decoder: hidden size ``D`` (0
+            keeps ``F``, no input projection), heads (SADCL: 4), feed-forward width (0 means
+            ``4·D``; SADCL: 8192 at D = 2048), dropout (SADCL: 0.1).
         encoder_layers / decoder_layers: SADCL: 1 / 2.
-        ff_dim: feed-forward width; 0 means ``4·D`` (SADCL: 8192 at D = 2048).
-        dropout: SADCL: 0.1.
         query_self_attention: keep the self-attention among queries in every decoder layer
             (Query2Label's default); SADCL's run drops it.
     """
@@ -119,19 +121,16 @@ class SemanticDecoder(nn.Module):
         self,
         in_channels: int,
         num_classes: int,
-        dim: int = 0,
-        heads: int = 4,
+        spec: TransformerSpec,
         encoder_layers: int = 1,
         decoder_layers: int = 2,
-        ff_dim: int = 0,
-        dropout: float = 0.1,
         query_self_attention: bool = True,
     ) -> None:
         super().__init__()
-        dim = dim or in_channels
-        ff_dim = ff_dim or 4 * dim
-        if dim % heads:
-            raise ValueError(f"the hidden size {dim} is not divisible by {heads} heads")
+        spec = spec.for_input(in_channels)
+        dim = spec.dim
+        if dim % spec.heads:
+            raise ValueError(f"the hidden size {dim} is not divisible by {spec.heads} heads")
         if decoder_layers < 1:
             raise ValueError("the semantic decoder needs at least one decoder layer")
         self.dim = dim
@@ -139,13 +138,10 @@ class SemanticDecoder(nn.Module):
             nn.Conv2d(in_channels, dim, kernel_size=1) if dim != in_channels else nn.Identity()
         )
         self.position_encoding = SinePositionEncoding(dim)
-        self.encoder = nn.ModuleList(
-            EncoderLayer(dim, heads, ff_dim, dropout) for _ in range(encoder_layers)
-        )
+        self.encoder = nn.ModuleList(EncoderLayer(spec) for _ in range(encoder_layers))
         self.queries = nn.Embedding(num_classes, dim)
         self.decoder = nn.ModuleList(
-            DecoderLayer(dim, heads, ff_dim, dropout, query_self_attention)
-            for _ in range(decoder_layers)
+            DecoderLayer(spec, query_self_attention) for _ in range(decoder_layers)
         )
         self.norm = nn.LayerNorm(dim)
         self._reset_parameters()
@@ -186,13 +182,16 @@ class Query2Label(nn.Module):
     """Backbone → :class:`SemanticDecoder` → group-wise linear classifier.
 
     ``forward(images)`` returns ``{"logits": [B, C], "label_features": [B, C, D]}`` and, with
-    ``return_attention=True``, ``"attention": [B, C, h, w]``.
+    ``return_attention=True``, ``"attention": [B, C, h, w]``. ``spec`` and ``decoder_options``
+    are :class:`SemanticDecoder`'s.
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int, **decoder_options) -> None:
+    def __init__(
+        self, backbone: Backbone, num_classes: int, spec: TransformerSpec, **decoder_options: Any
+    ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.decoder = SemanticDecoder(backbone.num_features, num_classes, **decoder_options)
+        self.decoder = SemanticDecoder(backbone.num_features, num_classes, spec, **decoder_options)
         self.head = GroupWiseLinear(num_classes, self.decoder.dim)
 
     def forward(
