@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 
 from mlcl.engine import fit, read_metrics
 from mlcl.engine.optim import (
@@ -13,7 +15,7 @@ from mlcl.engine.optim import (
     build_grad_scaler,
     build_optimizers,
     build_scheduler,
-    lr_factor,
+    load_scheduler_state,
 )
 from mlcl.errors import ConfigError
 from mlcl.methods import build_method, split_weight_decay
@@ -72,9 +74,115 @@ def test_a_parameter_group_keeps_its_own_learning_rate():
     assert [group["weight_decay"] for group in optimizer.param_groups] == [1e-4, 0.0] * 2
 
 
-def test_lr_factor_rejects_unknown_schedules():
-    with pytest.raises(ConfigError, match=r"optim\.schedule"):
-        lr_factor(5, "linear", warmup_steps=0, total_steps=10, step_size=1, gamma=0.1)
+def _formula(
+    step: int, schedule: str, warmup_steps: int, total_steps: int, step_size: int, gamma: float
+) -> float:
+    """mlcl's own schedule formula before the schedules were torch's (a LambdaLR of it): the
+    oracle the torch schedulers must follow. Multiplier of the base learning rate at iteration
+    ``step`` (from 0): a linear warm-up, then constant, cosine to zero, or step decay."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return gamma ** ((step - warmup_steps) // step_size)
+
+
+def _two_group_optimizer(lr: float) -> torch.optim.Optimizer:
+    """Two parameter groups: the configured lr, and a group with its own ten times higher."""
+    first, second = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    return torch.optim.AdamW([{"params": [first]}, {"params": [second], "lr": 10 * lr}], lr=lr)
+
+
+def _run(optimizer, scheduler, steps: int) -> list[list[float]]:
+    """The learning rate of every group at each of ``steps`` iterations, and after the last."""
+    rates = []
+    for _ in range(steps):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    return [*rates, [group["lr"] for group in optimizer.param_groups]]
+
+
+SPE = 7  # iterations per epoch
+SCHEDULES = [
+    ("cosine", {}),
+    ("cosine", {"optim.warmup_epochs": 1 / 7}),  # a warm-up of one iteration
+    ("cosine", {"optim.warmup_epochs": 0.5}),  # 4 iterations (3.5, rounded to even)
+    ("cosine", {"optim.warmup_epochs": 6, "run.epochs": 5}),  # longer than the run
+    ("cosine", {"optim.warmup_epochs": 1, "run.max_steps": 20}),
+    ("constant", {}),
+    ("constant", {"optim.warmup_epochs": 2}),
+    ("step", {}),
+    ("step", {"optim.warmup_epochs": 1, "optim.step_epochs": 0.3, "optim.step_gamma": 0.5}),
+]
+
+
+@pytest.mark.parametrize(("schedule", "overrides"), SCHEDULES)
+def test_torch_schedules_follow_the_formula_of_before(schedule, overrides):
+    config = toy_config(
+        "unused", overrides={"optim.schedule": schedule, "run.epochs": 5, **overrides}
+    )
+    optim, run = config.optim, config.run
+    total = min(SPE * run.epochs, run.max_steps) if run.max_steps else SPE * run.epochs
+    optimizer = _two_group_optimizer(optim.lr)
+    rates = _run(optimizer, build_scheduler(optimizer, config, SPE, total), total)
+    for step, at_step in enumerate(rates):
+        factor = _formula(
+            step,
+            schedule,
+            warmup_steps=round(optim.warmup_epochs * SPE),
+            total_steps=total,
+            step_size=max(1, round(optim.step_epochs * SPE)),
+            gamma=optim.step_gamma,
+        )
+        expected = [optim.lr * factor, 10 * optim.lr * factor]
+        assert at_step == pytest.approx(expected, rel=1e-12, abs=1e-18), step
+
+
+@pytest.mark.parametrize(("schedule", "overrides"), SCHEDULES[1::2])
+def test_a_schedule_resumes_from_its_state_dict(schedule, overrides):
+    config = toy_config("unused", overrides={"optim.schedule": schedule, **overrides})
+    total = 4 * SPE
+    optimizer = _two_group_optimizer(config.optim.lr)
+    whole = _run(optimizer, build_scheduler(optimizer, config, SPE, total), total)
+
+    first = _two_group_optimizer(config.optim.lr)
+    scheduler = build_scheduler(first, config, SPE, total)
+    _run(first, scheduler, 9)  # past the warm-up
+    again = _two_group_optimizer(config.optim.lr)
+    resumed = build_scheduler(again, config, SPE, total)
+    load_scheduler_state(resumed, scheduler.state_dict())
+    again.load_state_dict(first.state_dict())
+    assert _run(again, resumed, total - 9) == whole[9:]  # bit for bit
+
+
+def test_a_checkpoint_of_the_formula_resumes_on_the_torch_schedule():
+    """Checkpoints written before the schedules were torch's hold a LambdaLR's state."""
+    config = toy_config("unused", overrides={"optim.schedule": "cosine", "optim.warmup_epochs": 1})
+    total = 4 * SPE
+    optimizer = _two_group_optimizer(config.optim.lr)
+    whole = _run(optimizer, build_scheduler(optimizer, config, SPE, total), total)
+
+    old = _two_group_optimizer(config.optim.lr)
+    formula = LambdaLR(old, lambda step: _formula(step, "cosine", SPE, total, SPE, 0.1))
+    _run(old, formula, 10)
+    again = _two_group_optimizer(config.optim.lr)
+    resumed = build_scheduler(again, config, SPE, total)
+    load_scheduler_state(resumed, formula.state_dict())
+    again.load_state_dict(old.state_dict())
+    continued = [lr for at_step in _run(again, resumed, total - 10) for lr in at_step]
+    expected = [lr for at_step in whole[10:] for lr in at_step]
+    assert continued == pytest.approx(expected, rel=1e-12, abs=1e-18)
+
+
+def test_an_unknown_schedule_is_refused():
+    config = toy_config("unused", overrides={"optim.schedule": "cosine"})
+    config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, schedule="linear"))
+    with pytest.raises(ConfigError, match=r"optim\.schedule: unknown schedule 'linear'"):
+        build_scheduler(_two_group_optimizer(1e-3), config, SPE, 10)
 
 
 def test_mixed_precision_choices():

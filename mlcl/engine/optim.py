@@ -2,19 +2,124 @@
 
 One AdamW per method phase, over the parameter groups the method gives (a group may carry its own
 ``"lr"``; the schedule scales every group alike). Schedules advance once per iteration.
+:class:`Optimization` holds them with the float16 gradient scaler and takes a phase's step.
 """
 
 from __future__ import annotations
 
-import functools
 import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+from torch import nn
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    OneCycleLR,
+    SequentialLR,
+    StepLR,
+)
 
-from mlcl.config import Config
+from mlcl.config import Config, RunConfig
 from mlcl.errors import ConfigError
 from mlcl.methods import Method
+
+
+@dataclass
+class Optimization:
+    """What updates the weights: one optimiser and one learning-rate schedule per phase, the
+    float16 gradient scaler they share, and the settings the schedules were planned with (a
+    resumed run must keep them)."""
+
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, LRScheduler]
+    scaler: torch.amp.GradScaler | None = None
+    grad_clip: float = 0.0  # max gradient norm, per phase; 0 = off
+    schedule: dict[str, Any] = field(default_factory=dict)
+
+    def step(self, phase: str, loss: torch.Tensor) -> None:
+        """Backward of ``loss`` (scaled in float16), the gradient norm clipped, and a step of
+        the phase's optimiser."""
+        optimizer, scaler = self.optimizers[phase], self.scaler
+        optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler else loss).backward()
+        if self.grad_clip > 0:
+            if scaler:
+                scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(stepped_parameters(optimizer), self.grad_clip)
+        if scaler:
+            scaler.step(optimizer)
+        else:
+            optimizer.step()
+
+    def step_schedules(self) -> None:
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+
+    def learning_rates(self) -> dict[str, float]:
+        """The current learning rate of each phase's first parameter group: ``lr``, or
+        ``<phase>_lr`` with several phases."""
+        if len(self.optimizers) == 1:
+            (optimizer,) = self.optimizers.values()
+            return {"lr": optimizer.param_groups[0]["lr"]}
+        return {f"{phase}_lr": opt.param_groups[0]["lr"] for phase, opt in self.optimizers.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizers": {phase: opt.state_dict() for phase, opt in self.optimizers.items()},
+            "schedulers": {phase: sch.state_dict() for phase, sch in self.schedulers.items()},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "schedule": self.schedule,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()``'s (the caller checks ``schedule`` first)."""
+        for phase, optimizer in self.optimizers.items():
+            load_scheduler_state(self.schedulers[phase], state["schedulers"][phase])
+            optimizer.load_state_dict(state["optimizers"][phase])  # the learning rates too
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def stepped_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every parameter ``optimizer`` steps."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def build_optimization(
+    method: Method,
+    config: Config,
+    device: torch.device,
+    steps_per_epoch: int,
+    amp_dtype: torch.dtype | None = None,
+) -> Optimization:
+    """The optimisers, schedules and scaler of ``config`` for ``method``, the schedules planned
+    for ``steps_per_epoch`` iterations per epoch."""
+    optimizers = build_optimizers(method, config, device)
+    total_steps = planned_steps(config.run, steps_per_epoch)
+    return Optimization(
+        optimizers=optimizers,
+        schedulers={
+            phase: build_scheduler(optimizer, config, steps_per_epoch, total_steps)
+            for phase, optimizer in optimizers.items()
+        },
+        scaler=build_grad_scaler(amp_dtype, device),
+        grad_clip=config.optim.grad_clip,
+        schedule={
+            "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps,
+            **{f"optim.{name}": value for name, value in config.to_dict()["optim"].items()},
+        },
+    )
+
+
+def planned_steps(run: RunConfig, steps_per_epoch: int) -> int:
+    """The iterations a run takes: all its epochs', or ``run.max_steps`` if fewer."""
+    total_steps = steps_per_epoch * run.epochs
+    return min(total_steps, run.max_steps) if run.max_steps else total_steps
 
 
 def build_optimizers(
@@ -41,7 +146,13 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, config: Config, steps_per_epoch: int, total_steps: int
 ) -> LRScheduler:
     """The schedule of ``config.optim.schedule``, stepped once per iteration for
-    ``total_steps`` iterations."""
+    ``total_steps`` iterations.
+
+    ``cosine``, ``constant`` and ``step`` start with a linear warm-up of ``optim.warmup_epochs``:
+    over its W iterations the factor of the base rate grows as 1/W, 2/W, ..., 1; then it stays
+    at 1 (``constant``), falls along a half cosine to 0 at ``total_steps`` (``cosine``), or is
+    multiplied by ``optim.step_gamma`` every ``optim.step_epochs`` (``step``).
+    """
     optim = config.optim
     if optim.schedule == "onecycle":
         # As in the ASL / Query2Label training scripts: torch's OneCycleLR with its defaults
@@ -55,32 +166,44 @@ def build_scheduler(
             total_steps=max(total_steps, shortest),
             pct_start=optim.pct_start,
         )
-    factor = functools.partial(
-        lr_factor,
-        schedule=optim.schedule,
-        warmup_steps=round(optim.warmup_epochs * steps_per_epoch),
-        total_steps=total_steps,
-        step_size=max(1, round(optim.step_epochs * steps_per_epoch)),
-        gamma=optim.step_gamma,
+    warmup_steps = round(optim.warmup_epochs * steps_per_epoch)
+    if optim.schedule == "constant":
+        return _linear_warmup(optimizer, warmup_steps)  # which then holds the factor 1
+    if optim.schedule == "cosine":
+        decay: LRScheduler = CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))
+    elif optim.schedule == "step":
+        step_size = max(1, round(optim.step_epochs * steps_per_epoch))
+        decay = StepLR(optimizer, step_size=step_size, gamma=optim.step_gamma)
+    else:
+        raise ConfigError(f"optim.schedule: unknown schedule {optim.schedule!r}")
+    if not warmup_steps:
+        return decay
+    warmup = _linear_warmup(optimizer, warmup_steps)
+    return SequentialLR(optimizer, [warmup, decay], milestones=[warmup_steps])
+
+
+def _linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> LinearLR:
+    """Factors (step + 1) / W at steps 0 .. W - 1 of a warm-up of W steps, then 1 for good
+    (with W = 0: 1 from the start)."""
+    return LinearLR(
+        optimizer,
+        start_factor=1 / warmup_steps if warmup_steps else 1.0,
+        total_iters=max(warmup_steps - 1, 0),
     )
-    return LambdaLR(optimizer, factor)
 
 
-def lr_factor(
-    step: int, schedule: str, warmup_steps: int, total_steps: int, step_size: int, gamma: float
-) -> float:
-    """Multiplier of the base learning rate at iteration ``step`` (counted from 0): a linear
-    warm-up, then constant, cosine to zero, or step decay."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    if schedule == "step":
-        return gamma ** ((step - warmup_steps) // step_size)
-    raise ConfigError(f"optim.schedule: unknown schedule {schedule!r}")
+def load_scheduler_state(scheduler: LRScheduler, state: dict[str, Any]) -> None:
+    """Continue ``scheduler`` from ``state``, also from a checkpoint of mlcl before the
+    schedules were torch's own (a ``LambdaLR`` of mlcl's formula, with ``lr_lambdas``): its
+    iterations are replayed. Load the optimiser's state after it: it restores the learning
+    rates the checkpoint was written with."""
+    if "lr_lambdas" not in state:
+        scheduler.load_state_dict(state)
+        return
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(state["last_epoch"]):
+            scheduler.step()
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
