@@ -27,6 +27,9 @@ The files follow the COCO layout that :mod:`mlcl.data.coco` reads::
 Generation is deterministic: every image draws from its own random generator seeded by
 ``(seed, split, index)``, so the files are byte-identical for a given seed whatever the number of
 worker processes.
+
+This module draws and writes; the tables it draws from (colours, categories, scenes, their
+favoured categories and pairs, object sizes) are in :mod:`mlcl.data.synthetic_scenes`.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ import math
 import multiprocessing
 import os
 import shutil
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -44,134 +46,28 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+# The design tables, importable from here too: notebooks and tests name them as this module's.
+from mlcl.data.synthetic_scenes import (
+    CATEGORIES,
+    CATEGORY_INDEX,
+    COLOURS,
+    MAX_OBJECTS,
+    MAX_SIZE,
+    MAX_TURN,
+    MIN_SIZE,
+    MIN_VISIBLE,
+    SCENE_CATEGORY_WEIGHTS,
+    SCENE_FREQUENCIES,
+    SCENES,
+    Category,
+)
+from mlcl.data.synthetic_scenes import POPULARITY as POPULARITY
+from mlcl.data.synthetic_scenes import Scene as Scene
 from mlcl.errors import DataError
 
 GENERATOR_VERSION = 2  # bump when the drawing changes: cached sets of other versions are not reused
 MARKER_FILE = "mlcl_synthetic.json"
 SPLITS = ("train", "val")
-
-# --------------------------------------------------------------------------- the design
-# Fixed by the code, not by the seed: a seed draws a different sample of the same distribution.
-
-COLOURS = {
-    "red": (205, 40, 40),
-    "orange": (240, 130, 30),
-    "yellow": (235, 210, 45),
-    "green": (45, 150, 55),
-    "teal": (30, 165, 150),
-    "blue": (40, 80, 210),
-    "purple": (135, 60, 180),
-    "pink": (240, 125, 175),
-    "white": (235, 235, 235),
-    "black": (30, 30, 35),
-    "brown": (125, 75, 35),
-}
-
-
-@dataclass(frozen=True)
-class Category:
-    id: int  # COCO-like: non-contiguous
-    shape: str
-    colour: str
-    texture: str = "solid"  # solid | striped | dotted | checkered
-
-    @property
-    def name(self) -> str:
-        texture = "" if self.texture == "solid" else f"{self.texture} "
-        return f"{texture}{self.colour} {self.shape}"
-
-
-CATEGORIES = (
-    Category(1, "circle", "red"),
-    Category(2, "circle", "orange"),
-    Category(3, "circle", "blue", "striped"),
-    Category(5, "square", "blue"),
-    Category(6, "square", "green"),
-    Category(7, "square", "red", "checkered"),
-    Category(8, "triangle", "yellow"),
-    Category(9, "triangle", "orange"),
-    Category(11, "triangle", "purple", "striped"),
-    Category(13, "star", "yellow"),
-    Category(14, "star", "white"),
-    Category(15, "star", "red", "dotted"),
-    Category(17, "cross", "red"),
-    Category(18, "cross", "pink"),
-    Category(19, "cross", "green", "striped"),
-    Category(21, "ring", "purple"),
-    Category(22, "ring", "blue"),
-    Category(24, "ring", "orange", "dotted"),
-    Category(25, "diamond", "teal"),
-    Category(27, "diamond", "green"),
-    Category(28, "diamond", "yellow", "dotted"),
-    Category(31, "hexagon", "black"),
-    Category(32, "hexagon", "brown"),
-    Category(34, "hexagon", "white", "checkered"),
-)
-_BY_NAME = {category.name: index for index, category in enumerate(CATEGORIES)}
-
-# Global popularity: Zipf-like weights over a fixed ranking of the categories (the long tail).
-_POPULARITY_ORDER = (
-    "red circle", "blue square", "yellow star", "white star", "black hexagon", "green square",
-    "orange circle", "yellow triangle", "red cross", "blue ring", "teal diamond", "purple ring",
-    "orange triangle", "pink cross", "brown hexagon", "green diamond", "checkered red square",
-    "striped blue circle", "dotted red star", "striped green cross", "striped purple triangle",
-    "dotted orange ring", "dotted yellow diamond", "checkered white hexagon",
-)  # fmt: skip
-POPULARITY = np.array(
-    [1.0 / (1 + _POPULARITY_ORDER.index(c.name)) ** 0.7 for c in CATEGORIES]
-)  # [C]
-
-
-@dataclass(frozen=True)
-class Scene:
-    name: str
-    frequency: float  # share of the images
-    home: tuple[str, ...]  # categories this scene favours
-    pairs: tuple[tuple[str, str, float], ...]  # (a, b, p): an a brings a b with probability p
-    crowding: float  # objects per image: 1 + Binomial(5, crowding)
-
-
-SCENES = (
-    Scene("meadow", 0.22, ("red circle", "yellow triangle", "purple ring", "white star",
-                           "green diamond", "striped green cross"),
-          (("red circle", "yellow triangle", 0.6), ("purple ring", "white star", 0.5)), 0.25),
-    Scene("beach", 0.20, ("orange circle", "blue square", "teal diamond", "pink cross",
-                          "yellow star", "dotted yellow diamond"),
-          (("blue square", "orange circle", 0.6), ("teal diamond", "pink cross", 0.5)), 0.3),
-    Scene("city", 0.18, ("black hexagon", "blue ring", "red cross", "checkered red square",
-                         "red circle", "blue square"),
-          (("black hexagon", "red cross", 0.6), ("blue ring", "checkered red square", 0.5),
-           ("red circle", "blue ring", 0.4)), 0.4),
-    Scene("night", 0.15, ("white star", "yellow star", "purple ring", "checkered white hexagon",
-                          "blue ring", "dotted red star"),
-          (("white star", "yellow star", 0.5), ("purple ring", "blue ring", 0.4)), 0.2),
-    Scene("desert", 0.13, ("brown hexagon", "orange triangle", "green diamond", "yellow star",
-                           "dotted orange ring", "red cross"),
-          (("brown hexagon", "orange triangle", 0.6), ("yellow star", "green diamond", 0.4)), 0.25),
-    Scene("indoor", 0.12, ("striped blue circle", "green square", "striped purple triangle",
-                           "white star", "red circle", "dotted orange ring"),
-          (("green square", "striped blue circle", 0.5), ("red circle", "white star", 0.5)), 0.35),
-)  # fmt: skip
-_HOME_WEIGHT, _AWAY_WEIGHT = 1.0, 0.08
-MIN_SIZE, MAX_SIZE = 0.07, 0.6  # object diameter as a fraction of the image side
-MIN_VISIBLE = 0.3  # an object less visible than this is not annotated
-MAX_OBJECTS = 6
-
-
-def _scene_category_weights() -> np.ndarray:
-    """``[K, C]`` probability of each category being drawn in each scene."""
-    weights = np.full((len(SCENES), len(CATEGORIES)), _AWAY_WEIGHT)
-    for k, scene in enumerate(SCENES):
-        for name in scene.home:
-            weights[k, _BY_NAME[name]] = _HOME_WEIGHT
-    weights *= POPULARITY[None, :]
-    return weights / weights.sum(1, keepdims=True)
-
-
-SCENE_CATEGORY_WEIGHTS = _scene_category_weights()
-SCENE_FREQUENCIES = np.array([scene.frequency for scene in SCENES]) / sum(
-    scene.frequency for scene in SCENES
-)
 
 # --------------------------------------------------------------------------- public API
 
@@ -398,7 +294,7 @@ def _sample_categories(rng: np.random.Generator, scene: int) -> list[int]:
                 and len(categories) < MAX_OBJECTS
                 and rng.random() < probability
             ):
-                categories.append(_BY_NAME[b])
+                categories.append(CATEGORY_INDEX[b])
     order = rng.permutation(len(categories))  # partners are not always drawn on top
     return [categories[i] for i in order]
 
@@ -532,19 +428,6 @@ def _place(
     return placed
 
 
-# How far each shape may turn: a square turned 45° would be a diamond, a cross an X.
-_MAX_TURN = {
-    "circle": math.pi,
-    "ring": math.pi,
-    "square": 0.35,
-    "triangle": 0.5,
-    "star": math.pi,
-    "cross": 0.35,
-    "diamond": 0.35,
-    "hexagon": math.pi,
-}
-
-
 def _paint_object(
     rng: np.random.Generator, canvas: np.ndarray, category: Category, size: int
 ) -> np.ndarray:
@@ -552,7 +435,7 @@ def _paint_object(
     diameter = size * math.exp(rng.uniform(math.log(MIN_SIZE), math.log(MAX_SIZE)))
     margin = diameter / 4  # the centre may sit near the border: the border cuts the shape
     center = rng.uniform(margin, size - margin, 2)
-    angle = rng.uniform(-_MAX_TURN[category.shape], _MAX_TURN[category.shape])
+    angle = rng.uniform(-MAX_TURN[category.shape], MAX_TURN[category.shape])
     mask = _shape_mask(category.shape, size, center, diameter, angle, rng.uniform(0.85, 1.18))
     colour = _jitter(rng, COLOURS[category.colour], 10)
     fill = np.broadcast_to(colour, canvas.shape).copy()
