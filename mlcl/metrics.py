@@ -30,13 +30,17 @@ ML-GCN divides by C, which is the same on COCO, VOC and NUS-WIDE, where every cl
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 __all__ = [
     "MultiLabelMetrics",
     "average_precision",
     "mean_average_precision",
+    "multilabel_metrics",
     "threshold_metrics",
     "top_k_metrics",
 ]
@@ -186,11 +190,40 @@ def top_k_metrics(scores: torch.Tensor, targets: torch.Tensor, k: int = 3) -> di
     return _count_metrics(predicted, targets, suffix=f"_top{k}")
 
 
-class MultiLabelMetrics:
-    """Accumulates scores and targets batch by batch (on the CPU) and computes every metric of
-    the module at once.
+def multilabel_metrics(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    threshold: float = 0.5,
+    from_logits: bool = True,
+) -> dict[str, Any]:
+    """Every metric of the module at once, in percent: ``mAP``, ``CP``, ``CR``, ``CF1``, ``OP``,
+    ``OR``, ``OF1`` (at ``threshold``), the same with ``_top3``, ``per_class_ap`` (list of C
+    floats, NaN for a class with no positive), ``num_images``, ``num_classes_evaluated`` and
+    ``num_classes_without_positive``."""
+    ap = average_precision(scores, targets)
+    evaluated = int((~torch.isnan(ap)).sum())
+    results: dict[str, Any] = {
+        "mAP": _mean_percent(ap),
+        "num_images": scores.shape[0],
+        "num_classes_evaluated": evaluated,
+        "num_classes_without_positive": scores.shape[1] - evaluated,
+    }
+    results |= threshold_metrics(scores, targets, threshold, from_logits)
+    results |= top_k_metrics(scores, targets, k=3)
+    results["per_class_ap"] = (100.0 * ap).tolist()
+    return results
 
-    ``compute()`` from many ``update`` calls equals the metrics of the concatenated batches.
+
+class MultiLabelMetrics(Metric):
+    """:func:`multilabel_metrics` over batches fed one by one, as a ``torchmetrics.Metric``.
+
+    The states are the batches' scores and targets (and indices, if given), concatenated at
+    ``compute``, over every process when ``torch.distributed`` is initialised
+    (``dist_reduce_fx="cat"``); ``compute`` then runs the functions above on them, so many
+    ``update`` calls give the metrics of the concatenated batches. A ``DistributedSampler`` pads
+    the data with repeats of a few images: pass each batch's dataset ``indices`` and every image
+    counts once. Under NCCL move the metric to the GPU (``.to(device)``), as any torchmetrics
+    metric.
 
     Example::
 
@@ -200,49 +233,55 @@ class MultiLabelMetrics:
         results = metrics.compute()  # {"mAP": ..., "CF1": ..., "OF1_top3": ..., ...}
     """
 
-    def __init__(self, num_classes: int, threshold: float = 0.5, from_logits: bool = True) -> None:
+    # update() only appends to the states: forward() need not recompute them from scratch.
+    full_state_update = False
+
+    def __init__(
+        self,
+        num_classes: int,
+        threshold: float = 0.5,
+        from_logits: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
         if from_logits and not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1) for logits; got {threshold}")
         self.num_classes = num_classes
         self.threshold = threshold
         self.from_logits = from_logits
-        self.reset()
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("targets", default=[], dist_reduce_fx="cat")
+        self.add_state("indices", default=[], dist_reduce_fx="cat")
 
-    def reset(self) -> None:
-        """Forget every batch seen so far."""
-        self._scores: list[torch.Tensor] = []
-        self._targets: list[torch.Tensor] = []
-
-    @torch.no_grad()
-    def update(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
-        """Add a batch: ``scores`` ``[B, C]`` (logits if ``from_logits``, else probabilities) and
-        ``targets`` ``[B, C]`` (bool or {0, 1})."""
+    def update(
+        self, scores: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> None:
+        """Add a batch: ``scores`` ``[B, C]`` (logits if ``from_logits``, else probabilities),
+        ``targets`` ``[B, C]`` (bool or {0, 1}) and, optionally, the images' dataset
+        ``indices`` ``[B]`` (in every update or in none)."""
         scores, targets = _check_inputs(scores, targets)
         if scores.shape[1] != self.num_classes:
             raise ValueError(
                 f"expected scores for {self.num_classes} classes; got {scores.shape[1]}"
             )
-        self._scores.append(scores)
-        self._targets.append(targets)
+        self.scores.append(scores.to(self.device))
+        self.targets.append(targets.to(self.device))
+        if indices is not None:
+            self.indices.append(indices.detach().to(self.device, torch.long).reshape(-1))
 
-    def compute(self) -> dict:
-        """Every metric, in percent: ``mAP``, ``CP``, ``CR``, ``CF1``, ``OP``, ``OR``, ``OF1``,
-        the same with ``_top3``, ``per_class_ap`` (list of C floats, NaN for a class with no
-        positive), ``num_images``, ``num_classes_evaluated`` and
-        ``num_classes_without_positive``."""
-        if not self._scores:
+    def compute(self) -> dict[str, Any]:
+        """:func:`multilabel_metrics` of every image seen (by every process)."""
+        if len(self.scores) == 0:  # (a failed update() still counts as a call to torchmetrics)
             raise ValueError("MultiLabelMetrics.compute() called before any update()")
-        scores = torch.cat(self._scores)  # [N, C]
-        targets = torch.cat(self._targets)  # [N, C]
-        ap = average_precision(scores, targets)
-        evaluated = int((~torch.isnan(ap)).sum())
-        results: dict = {
-            "mAP": _mean_percent(ap),
-            "num_images": scores.shape[0],
-            "num_classes_evaluated": evaluated,
-            "num_classes_without_positive": self.num_classes - evaluated,
-        }
-        results |= threshold_metrics(scores, targets, self.threshold, self.from_logits)
-        results |= top_k_metrics(scores, targets, k=3)
-        results["per_class_ap"] = (100.0 * ap).tolist()
-        return results
+        # After a sync the states are tensors, before it (one process) lists of batches.
+        scores, targets = dim_zero_cat(self.scores), dim_zero_cat(self.targets)
+        if len(self.indices):
+            indices = dim_zero_cat(self.indices)
+            if len(indices) != len(scores):
+                raise ValueError("pass indices to every update() or to none")
+            # One row per image, in index order; a padded repeat rewrites its image's row.
+            images, row = torch.unique(indices, return_inverse=True)
+            shape = (len(images), self.num_classes)
+            scores = scores.new_empty(shape).index_copy_(0, row, scores)
+            targets = targets.new_empty(shape).index_copy_(0, row, targets)
+        return multilabel_metrics(scores, targets, self.threshold, self.from_logits)

@@ -4,11 +4,14 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from mlcl.metrics import (
     MultiLabelMetrics,
     average_precision,
     mean_average_precision,
+    multilabel_metrics,
     threshold_metrics,
     top_k_metrics,
 )
@@ -208,3 +211,63 @@ def test_compute_reports_every_key():
     assert results["per_class_ap"] == pytest.approx(100 * average_precision(scores, targets))
     expected = threshold_metrics(scores, targets) | top_k_metrics(scores, targets, k=3)
     assert {name: results[name] for name in expected} == pytest.approx(expected)
+
+
+def assert_same_results(results: dict, expected: dict) -> None:
+    """Equal metrics, ``per_class_ap`` (a list, NaN for a class without positive) included."""
+    results, expected = dict(results), dict(expected)
+    per_class = results.pop("per_class_ap"), expected.pop("per_class_ap")
+    assert per_class[0] == pytest.approx(per_class[1], nan_ok=True)
+    assert results == pytest.approx(expected)
+
+
+def test_metric_is_a_torchmetrics_metric_with_cat_states():
+    metrics = MultiLabelMetrics(num_classes=3)
+    assert isinstance(metrics, Metric)
+    # Concatenated over processes at compute() (torchmetrics' "cat" reduction).
+    assert all(metrics._reductions[name] is dim_zero_cat for name in ("scores", "targets"))
+
+
+def test_metric_in_chunks_equals_the_kernel_on_everything():
+    scores, targets = random_problem(num_images=57, seed=11, decimals=2)
+    metrics = MultiLabelMetrics(num_classes=scores.shape[1], threshold=0.4, from_logits=False)
+    for start in range(0, 57, 8):
+        metrics.update(scores[start : start + 8], targets[start : start + 8])
+    expected = multilabel_metrics(scores, targets, threshold=0.4, from_logits=False)
+    assert_same_results(metrics.compute(), expected)
+    assert expected["mAP"] == pytest.approx(mean_average_precision(scores, targets))
+
+
+def test_indices_count_each_image_once_in_dataset_order():
+    # As a DistributedSampler over 2 processes hands them out: rank 0 reads 0, 2, 4, ..., rank 1
+    # 1, 3, 5, ..., the last rank pads with image 0 again; gathered rank after rank.
+    scores, targets = random_problem(num_images=11, seed=12)
+    order = torch.tensor([0, 2, 4, 6, 8, 10, 1, 3, 5, 7, 9, 0])
+    metrics = MultiLabelMetrics(num_classes=scores.shape[1], from_logits=False)
+    for part in order.split(5):
+        metrics.update(scores[part], targets[part], indices=part)
+    whole = MultiLabelMetrics(num_classes=scores.shape[1], from_logits=False)
+    whole.update(scores, targets)
+    assert_same_results(metrics.compute(), whole.compute())
+    assert metrics.compute()["num_images"] == 11
+
+    mixed = MultiLabelMetrics(num_classes=scores.shape[1], from_logits=False)
+    mixed.update(scores[:5], targets[:5], indices=torch.arange(5))
+    mixed.update(scores[5:], targets[5:])
+    with pytest.raises(ValueError, match="every update"):
+        mixed.compute()
+
+
+def test_reset_forgets_every_batch():
+    scores, targets = random_problem(num_images=20, seed=13)
+    metrics = MultiLabelMetrics(num_classes=scores.shape[1], from_logits=False)
+    metrics.update(scores, targets, indices=torch.arange(20))
+    assert metrics.compute()["num_images"] == 20
+    metrics.reset()
+    # torchmetrics warns, mlcl refuses (there is nothing to score).
+    with pytest.raises(ValueError, match="before any update"), pytest.warns(UserWarning):
+        metrics.compute()
+    metrics.update(scores[:6], targets[:6])  # without indices, now that none are kept
+    assert_same_results(
+        metrics.compute(), multilabel_metrics(scores[:6], targets[:6], from_logits=False)
+    )
