@@ -1,8 +1,9 @@
 """Evaluation: a method's outputs over a whole split, then the metrics of the literature.
 
-Every process runs ``method.inference`` on its share of the split; the outputs are gathered and
-put back in dataset order by each image's ``index``, and scored against the split's *full* labels
-(also when training saw single positives).
+Every process runs ``method.inference`` on its share of the split; the outputs are gathered (the
+states of a ``torchmetrics.Metric``, :class:`SplitOutputs`) and put back in dataset order by each
+image's ``index``, and scored against the split's *full* labels (also when training saw single
+positives).
 """
 
 from __future__ import annotations
@@ -11,14 +12,53 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 from tqdm.auto import tqdm
 
-from mlcl.collectives import all_gather_variable
 from mlcl.data.device_decode import DeviceDecoder
 from mlcl.engine.loaders import batch_to_device, build_eval_loader
 from mlcl.engine.process_group import DistributedContext, resolve_device
 from mlcl.methods import Method
-from mlcl.metrics import MultiLabelMetrics, threshold_metrics
+from mlcl.metrics import multilabel_metrics, threshold_metrics
+
+
+class SplitOutputs(Metric):
+    """Per-image outputs over a split, gathered across processes, row i for image i.
+
+    Each output, and the images' ``index``, is a list state that ``compute`` concatenates over
+    the processes (``dist_reduce_fx="cat"``) before writing row j of the gathered outputs to
+    row ``index[j]``. A ``DistributedSampler`` pads the split with repeats of its first images: a
+    repeat writes its image's row a second time, with the same values.
+    """
+
+    # update() only appends to the states: forward() need not recompute them from scratch.
+    full_state_update = False
+
+    def __init__(self, size: int, row_shapes: dict[str, torch.Size]) -> None:
+        super().__init__()
+        self.size = size
+        self.row_shapes = row_shapes
+        self.add_state("index", default=[], dist_reduce_fx="cat")
+        for name in row_shapes:
+            # Prefixed: an output's name must not clash with the Metric's own attributes.
+            self.add_state(f"output_{name}", default=[], dist_reduce_fx="cat")
+
+    def update(self, index: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+        """Add a batch: the images' dataset ``index`` ``[B]`` and their ``outputs``."""
+        self.index.append(index)
+        for name, value in outputs.items():
+            getattr(self, f"output_{name}").append(value.float())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Every output ``[size, ...]`` in dataset order."""
+        index = dim_zero_cat(self.index)  # [N'] (DDP pads with a few repeats)
+        ordered = {}
+        for name, row_shape in self.row_shapes.items():
+            values = dim_zero_cat(getattr(self, f"output_{name}"))  # [N', ...]
+            ordered[name] = values.new_zeros((self.size, *row_shape))
+            ordered[name][index] = values
+        return ordered
 
 
 @torch.no_grad()
@@ -36,24 +76,21 @@ def collect_outputs(
     (``data.decode=device``)."""
     was_training = method.training
     method.eval()
-    indices, chunks = [], []
+    collected: SplitOutputs | None = None
     for batch in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
         batch = batch_to_device(batch, device, channels_last, decoder)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             outputs = method.inference(batch["image"])
-        indices.append(batch["index"])
-        chunks.append({name: value.float() for name, value in outputs.items()})
+        if collected is None:  # the first batch tells the outputs' names and row shapes
+            row_shapes = {name: value.shape[1:] for name, value in outputs.items()}
+            collected = SplitOutputs(len(loader.dataset), row_shapes)
+        collected.update(batch["index"], outputs)
     method.train(was_training)
-
-    index = all_gather_variable(torch.cat(indices))  # [N'] (DDP pads with a few repeats)
-    size = len(loader.dataset)
-    gathered = {}
-    for name in chunks[0]:
-        values = all_gather_variable(torch.cat([chunk[name] for chunk in chunks]))  # [N', ...]
-        ordered = values.new_zeros((size, *values.shape[1:]))
-        ordered[index] = values  # a padded repeat writes the same row twice
-        gathered[name] = ordered.cpu()
-    return gathered
+    # torchmetrics squeezes a one-element result (one image, one class): the reshape undoes it.
+    return {
+        name: value.reshape(collected.size, *collected.row_shapes[name]).cpu()
+        for name, value in collected.compute().items()
+    }
 
 
 def compute_metrics(
@@ -67,9 +104,8 @@ def compute_metrics(
     plus ``method.extra_metrics``; with calibrated per-class ``thresholds`` ``[C]`` also CP, CR,
     CF1, OP, OR, OF1 at them (keys ``CF1@cal``...)."""
     logits = outputs["logits"]  # [N, C]
-    metrics = MultiLabelMetrics(logits.shape[1], threshold=threshold, from_logits=True)
-    metrics.update(logits, dataset.full_labels)
-    results = metrics.compute() | method.extra_metrics(outputs, dataset)
+    results = multilabel_metrics(logits, dataset.full_labels, threshold, from_logits=True)
+    results |= method.extra_metrics(outputs, dataset)
     if thresholds is not None:
         targets = torch.as_tensor(dataset.full_labels).bool()
         results |= threshold_metrics(logits, targets, thresholds, from_logits=True, suffix="@cal")
