@@ -51,21 +51,6 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def all_gather_variable(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` from every rank along dim 0 when ranks hold different lengths
-    (the last, uneven evaluation batch)."""
-    if not is_distributed():
-        return tensor
-    length = torch.tensor([tensor.shape[0]], device=tensor.device)
-    lengths = all_gather_cat(length)
-    longest = int(lengths.max())
-    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
-    gathered = all_gather_cat(padded)
-    pieces = [gathered[i * longest : i * longest + int(n)] for i, n in enumerate(lengths)]
-    return torch.cat(pieces, dim=0)
-
-
 def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Copy ``tensor`` from rank ``src`` to every rank in place and return it."""
     if is_distributed():
