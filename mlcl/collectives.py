@@ -49,10 +49,3 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
-
-
-def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
-    """Copy ``tensor`` from rank ``src`` to every rank in place and return it."""
-    if is_distributed():
-        dist.broadcast(tensor, src=src)
-    return tensor
