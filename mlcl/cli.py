@@ -291,8 +291,8 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from mlcl.bench import benchmark, summary
     from mlcl.config import load_config
+    from mlcl.tools.bench import benchmark, summary
 
     config = load_config(args.config, args.set)
     config.run.progress = False

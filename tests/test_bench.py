@@ -8,8 +8,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import mlcl.bench as bench_module
-from mlcl.bench import (
+import mlcl.tools.bench as bench_module
+from mlcl.cli import main
+from mlcl.config import load_config
+from mlcl.methods import build_method
+from mlcl.tools.bench import (
     SavedActivations,
     benchmark,
     optimizer_bytes,
@@ -17,9 +20,6 @@ from mlcl.bench import (
     summary,
     synthetic_batch,
 )
-from mlcl.cli import main
-from mlcl.config import load_config
-from mlcl.methods import build_method
 
 TINY = [
     "model.backbone=resnet18",

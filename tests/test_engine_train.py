@@ -15,8 +15,11 @@ import mlcl.engine.train as train_module
 from mlcl.data import MultiLabelDataset
 from mlcl.engine import Callback, evaluate, fit, load_checkpoint, load_method, read_metrics
 from mlcl.engine.checkpoint import save_checkpoint
+from mlcl.engine.optim import build_optimization
 from mlcl.engine.run_dir import run_lock
+from mlcl.engine.train import training_step
 from mlcl.errors import ConfigError, DataError, MlclError
+from mlcl.methods import build_method
 from tests.test_engine_toys import ToyDataset, toy_config
 
 
@@ -318,3 +321,27 @@ def test_skip_with_a_batch_of_only_bad_images_is_an_error(tmp_path):
     config = toy_config(tmp_path / "run", overrides={"data.bad_images": "skip"})
     with pytest.raises(DataError, match=r"no image of a batch of 8 could be decoded"):
         fit(config, train_dataset=train, val_dataset=ToyDataset(8, image_size=16))
+
+
+def test_training_step_steps_on_a_finite_loss_and_skips_a_non_finite_one():
+    """``training_step`` alone, without ``fit``: the toy's second forward has a NaN loss."""
+    config = toy_config("unused", overrides={"method.nan_steps": [2], "optim.schedule": "constant"})
+    method = build_method(config, num_classes=5, num_train_images=8)
+    optimization = build_optimization(method, config, torch.device("cpu"), steps_per_epoch=4)
+    batch = next(iter(torch.utils.data.DataLoader(ToyDataset(8), batch_size=8)))
+    optimizer, scheduler = optimization.optimizers["main"], optimization.schedulers["main"]
+    before = {name: p.detach().clone() for name, p in method.named_parameters()}
+
+    terms = training_step(method, batch, optimization)
+    assert set(terms) == {"loss", "bce"} and torch.isfinite(terms["loss"])
+    assert {int(s["step"]) for s in optimizer.state.values()} == {1}  # AdamW stepped
+    assert scheduler.last_epoch == 1
+    assert all(not torch.equal(p, before[name]) for name, p in method.named_parameters())
+    after = {name: p.detach().clone() for name, p in method.state_dict().items()}
+
+    assert training_step(method, batch, optimization, step=2) is None  # NaN: skipped
+    assert {int(s["step"]) for s in optimizer.state.values()} == {1}
+    assert scheduler.last_epoch == 1
+    for name, value in method.state_dict().items():  # weights and after_step's buffers alike
+        if name != "forward_calls":
+            torch.testing.assert_close(value, after[name], rtol=0, atol=0, msg=name)

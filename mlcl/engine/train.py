@@ -20,10 +20,11 @@ papers' multi-GPU runs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,13 @@ import torch.distributed as dist
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 import mlcl
-from mlcl.collectives import all_reduce_mean
-from mlcl.config import Config, for_restoring
+from mlcl.collectives import all_reduce_mean, is_main_process
+from mlcl.config import Config, RunConfig, for_restoring
 from mlcl.engine.checkpoint import (
     FORMAT_VERSION,
     check_compatible,
@@ -59,7 +61,12 @@ from mlcl.engine.loaders import (
     seed_epoch,
     seed_everything,
 )
-from mlcl.engine.optim import autocast_dtype, build_grad_scaler, build_optimizers, build_scheduler
+from mlcl.engine.optim import (
+    Optimization,
+    autocast_dtype,
+    build_optimization,
+    stepped_parameters,
+)
 from mlcl.engine.process_group import DistributedContext, cleanup_distributed, setup_distributed
 from mlcl.engine.run_dir import (
     RunDir,
@@ -90,29 +97,6 @@ class TrainState:
     # Training images left out of their batch as undecodable (data.bad_images: skip), in the
     # order met; an image is listed again in every epoch that meets it.
     bad_images: list[str] = dataclasses.field(default_factory=list)
-
-
-@dataclass
-class Training:
-    """Everything that is trained or steps during training, built once by ``fit``."""
-
-    config: Config
-    context: DistributedContext
-    method: Method
-    model: nn.Module  # the method, wrapped in DistributedDataParallel when distributed
-    optimizers: dict[str, torch.optim.Optimizer]  # one per phase
-    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
-    scaler: torch.amp.GradScaler | None  # float16 only
-    ema: ModelEmaV3 | None
-    amp_dtype: torch.dtype | None
-    class_names: list[str]
-    schedule: dict[str, Any]  # what the learning-rate schedules depend on (resume checks it)
-    state: TrainState = dataclasses.field(default_factory=TrainState)
-    resumed_rng: dict[str, Any] | None = None  # restored when resuming in the middle of an epoch
-
-    @property
-    def device(self) -> torch.device:
-        return self.context.device
 
 
 class Callback:
@@ -147,27 +131,41 @@ def fit(
             validation set has ``full_labels`` and ``class_names``.
         callbacks: :class:`Callback` objects that watch the run's epochs.
     """
-    show_progress = config.run.progress if progress is None else progress
     context = setup_distributed(config.run.device)
     try:
         with run_lock(config.run.out_dir, enabled=context.is_main):
             if train_dataset is None or val_dataset is None:
                 train_dataset, val_dataset = build_datasets(config, context)
-            train_loader, val_loader = build_loaders(config, train_dataset, val_dataset, context)
+            loaders = build_loaders(config, train_dataset, val_dataset, context)
             run_dir = RunDir(config.run.out_dir, enabled=context.is_main)
             run_dir.remove_partial_writes()  # safe: the lock keeps other runs out
             restoring = resume and run_dir.last_checkpoint.is_file()
-            training = build_training(
-                config, context, train_dataset, val_dataset, len(train_loader), restoring=restoring
+            method, model, ema, optimization = build_training(
+                config, context, train_dataset, val_dataset, len(loaders[0]), restoring=restoring
             )
+            class_names = list(train_dataset.class_names)
+            state, resumed_rng = TrainState(), None
             if restoring:
-                restore_training(training, run_dir.last_checkpoint)
+                state, resumed_rng = restore_training(
+                    run_dir.last_checkpoint, method, ema, optimization, class_names, context
+                )
             elif resume:
                 log(f"no checkpoint in {run_dir.path}: starting a new run", context.is_main)
             run_dir.write_config(config)
-            run_dir.start_metrics(training.state.epoch)
+            run_dir.start_metrics(state.epoch)
             return train_epochs(
-                training, train_loader, val_loader, run_dir, show_progress, callbacks
+                model,
+                loaders,
+                optimization,
+                state,
+                run_dir,
+                config,
+                context,
+                ema=ema,
+                class_names=class_names,
+                resumed_rng=resumed_rng,
+                progress=config.run.progress if progress is None else progress,
+                callbacks=callbacks,
             )
     finally:
         cleanup_distributed(context)
@@ -181,8 +179,10 @@ def build_training(
     steps_per_epoch: int,
     *,
     restoring: bool = False,
-) -> Training:
-    """The method on its device with its optimisers, schedules, scaler and EMA copy.
+) -> tuple[Method, nn.Module, ModelEmaV3 | None, Optimization]:
+    """The method on its device; the module the training forward runs through (the method,
+    compiled with ``run.compile``, in DistributedDataParallel when distributed); its EMA copy
+    (``run.ema``); its optimisers, schedules and scaler.
 
     ``restoring``: a checkpoint will overwrite the weights, so the method is built without its
     start-only inputs (pre-trained weights, a stage-1 checkpoint), which need not exist any more.
@@ -203,150 +203,105 @@ def build_training(
         if context.device.type != "cuda":
             raise ConfigError("run.sync_bn: PyTorch's SyncBatchNorm runs on GPUs only")
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    ema = ModelEmaV3(method, decay=run.ema, use_warmup=run.ema_warmup) if run.ema > 0 else None
     amp_dtype = autocast_dtype(run.amp, context.device)
-    ema = None
-    if run.ema > 0:
-        ema = ModelEmaV3(method, decay=run.ema, use_warmup=run.ema_warmup)  # buffers too
-    optimizers = build_optimizers(method, config, context.device)
-    total_steps = steps_per_epoch * run.epochs
-    if run.max_steps:
-        total_steps = min(total_steps, run.max_steps)
-    schedulers = {
-        phase: build_scheduler(optimizer, config, steps_per_epoch, total_steps)
-        for phase, optimizer in optimizers.items()
-    }
-    if run.compile:
-        method.compile(mode=run.compile_mode)
-    elif run.compile_mode != "default":
-        raise ConfigError(f"run.compile_mode: {run.compile_mode} needs run.compile: true")
-    model: nn.Module = method
-    if context.distributed:
-        model = DistributedDataParallel(
-            method,
-            device_ids=[context.device.index] if context.device.type == "cuda" else None,
-            broadcast_buffers=False,  # methods keep their buffers in step themselves
-            find_unused_parameters=method.find_unused_parameters,
-        )
-    return Training(
-        config=config,
-        context=context,
-        method=method,
-        model=model,
-        optimizers=optimizers,
-        schedulers=schedulers,
-        scaler=build_grad_scaler(amp_dtype, context.device),
-        ema=ema,
-        amp_dtype=amp_dtype,
-        class_names=list(train_dataset.class_names),
-        schedule={
-            "steps_per_epoch": steps_per_epoch,
-            "total_steps": total_steps,
-            **{f"optim.{name}": value for name, value in config.to_dict()["optim"].items()},
-        },
-    )
+    optimization = build_optimization(method, config, context.device, steps_per_epoch, amp_dtype)
+    return method, _training_module(method, run, context), ema, optimization
 
 
 def train_epochs(
-    training: Training,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
+    model: nn.Module,
+    loaders: tuple[DataLoader, DataLoader],
+    optimization: Optimization,
+    state: TrainState,
     run_dir: RunDir,
-    progress: bool,
+    config: Config,
+    context: DistributedContext,
+    *,
+    ema: ModelEmaV3 | None = None,
+    class_names: Sequence[str] = (),
+    resumed_rng: dict[str, Any] | None = None,
+    progress: bool = False,
     callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
-    """Train from ``training.state`` to the last epoch (or ``run.max_steps``, or an early stop),
+    """Train from ``state`` to the last epoch (or ``run.max_steps``, or an early stop),
     evaluating and checkpointing after every epoch. Returns the summary."""
-    config, context, state, method = (
-        training.config,
-        training.context,
-        training.state,
-        training.method,
+    run, method = config.run, _method_of(model)
+    train_loader, val_loader = loaders
+    checkpoint = functools.partial(
+        _save_last, run_dir, config, method, ema, optimization, state, list(class_names)
     )
-    run = config.run
-    main = context.is_main
-    log(_describe(training, train_loader, run_dir), main)
-    started = time.perf_counter()
-    train_seconds, train_images, stopped = 0.0, 0, "completed"
-    records = read_metrics(run_dir.path) if main else []
+    log(_describe(method, train_loader, config, context, run_dir), context.is_main)
+    started, trained, stopped = time.perf_counter(), [], "completed"
+    records = read_metrics(run_dir.path) if context.is_main else []
     record: dict[str, Any] = records[-1] if records else {}  # a resumed, finished run
-    while state.epoch < run.epochs and not _reached_max_steps(training):
-        epoch = state.epoch
-        remaining = run.max_steps - state.global_step if run.max_steps else None
-        seed_epoch(train_loader, run.seed, epoch, context.rank, state.step_in_epoch, remaining)
-        if training.resumed_rng is not None and main:
-            set_rng_state(training.resumed_rng)  # mid-epoch: continue the saved random streams
-        training.resumed_rng = None
-        if state.step_in_epoch == 0:
-            method.on_epoch_start(epoch)
-            for callback in callbacks if main else ():
-                callback.on_epoch_start(method, epoch)
-        train_stats = train_one_epoch(training, train_loader, run_dir, progress)
-        method.on_epoch_end(epoch)
-        train_seconds += train_stats["train_time_s"]
-        train_images += train_stats["images"]
-
-        evaluation_started = time.perf_counter()
-        metrics = evaluate_epoch(training, val_loader)
-        metrics["eval_time_s"] = time.perf_counter() - evaluation_started
-        state.epoch, state.step_in_epoch = epoch + 1, 0
-        improved = _update_best(state, metrics, epoch)
-        record = {"epoch": epoch, "step": state.global_step, **train_stats, **metrics}
-        run_dir.append_metrics(record)
-        kill_point("epoch_end")
-        for callback in callbacks if main else ():
-            callback.on_epoch_end(method, epoch, record)
-        if run.checkpoint and main:
-            save_checkpoint(checkpoint_state(training), run_dir.last_checkpoint)
-            if improved:
-                copy_checkpoint(run_dir.last_checkpoint, run_dir.best_checkpoint)
-        log(_epoch_line(training, record, improved), main)
+    while state.epoch < run.epochs and not _reached_max_steps(state, run):
+        _start_epoch(train_loader, method, state, run, context, resumed_rng, callbacks)
+        resumed_rng = None
+        trained.append(
+            train_one_epoch(
+                model,
+                train_loader,
+                optimization,
+                state,
+                config,
+                context,
+                ema=ema,
+                checkpoint=checkpoint,
+                progress=progress,
+            )
+        )
+        record, improved = _end_epoch(
+            method, ema, val_loader, state, trained[-1], run_dir, config, context, callbacks
+        )
+        checkpoint(best=improved)
+        log(_epoch_line(run, record, improved), context.is_main)
         if run.early_stop and state.epochs_without_improvement >= run.early_stop:
             stopped = "early_stop"
             break
-    if _reached_max_steps(training):
+    if _reached_max_steps(state, run):
         stopped = "max_steps"
-    summary = _summary(training, record, stopped, time.perf_counter() - started)
-    summary["train_images_per_s"] = train_images / train_seconds if train_seconds else None
+    summary = _summary(method, state, record, stopped, started, trained, config, context)
     run_dir.write_summary(summary)
     return summary
 
 
 def train_one_epoch(
-    training: Training, loader: DataLoader, run_dir: RunDir, progress: bool
+    model: nn.Module,
+    loader: DataLoader,
+    optimization: Optimization,
+    state: TrainState,
+    config: Config,
+    context: DistributedContext,
+    *,
+    ema: ModelEmaV3 | None = None,
+    checkpoint: Callable[[], None] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """One pass over ``loader`` (from ``state.step_in_epoch`` when resuming mid-epoch).
-    Returns the mean of every logged loss term (``train_<name>``), the learning rate, the
-    number of images (all processes) and the images per second."""
-    config, context, state = training.config, training.context, training.state
+    """One pass over ``loader`` (from ``state.step_in_epoch`` when resuming mid-epoch), calling
+    ``checkpoint`` every ``run.checkpoint_every`` iterations. Returns the mean of every logged
+    loss term (``train_<name>``), the learning rate, the number of images (all processes) and
+    the images per second."""
     run = config.run
-    training.model.train()
-    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=training.device))
+    amp_dtype = autocast_dtype(run.amp, context.device)
+    model.train()
+    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=context.device))
     decoder = device_decoder(config)
     good_steps, images, started = 0, 0, time.perf_counter()
-    bar = tqdm(
-        loader,
-        desc=f"epoch {state.epoch + 1}/{run.epochs}",
-        initial=state.step_in_epoch,
-        total=state.step_in_epoch + len(loader),
-        leave=False,
-        disable=not (progress and context.is_main),
-        dynamic_ncols=True,
-    )
+    bar = _progress_bar(loader, state, run.epochs, enabled=progress and context.is_main)
     for batch in bar:
-        _note_bad_images(training, batch.pop("bad_images", []))
-        batch = batch_to_device(batch, training.device, run.channels_last, decoder)
-        terms = training_step(training, batch)
+        _note_bad_images(state, batch.pop("bad_images", []), context.is_main)
+        batch = batch_to_device(batch, context.device, run.channels_last, decoder)
+        terms = training_step(
+            model, batch, optimization, amp_dtype=amp_dtype, ema=ema, step=state.global_step + 1
+        )
         state.global_step += 1
         state.step_in_epoch += 1
         images += batch["image"].shape[0] * context.world_size
         if terms is None:
             state.bad_steps += 1
             if state.bad_steps >= run.max_bad_steps:
-                raise MlclError(
-                    f"training stopped at step {state.global_step}: the loss was not finite in "
-                    f"{state.bad_steps} iterations in a row (run.max_bad_steps); "
-                    f"{run_dir.last_checkpoint} holds the last good state"
-                )
+                raise _too_many_bad_steps(state, run)
             continue
         state.bad_steps = 0
         good_steps += 1
@@ -356,100 +311,79 @@ def train_one_epoch(
         if state.step_in_epoch % 10 == 0 or state.step_in_epoch == 1:
             seconds = time.perf_counter() - started
             bar.set_postfix(loss=f"{terms['loss'].item():.4g}", img_s=f"{images / seconds:.0f}")
-        at_checkpoint = run.checkpoint_every and state.global_step % run.checkpoint_every == 0
-        if at_checkpoint and run.checkpoint and context.is_main:
-            save_checkpoint(checkpoint_state(training), run_dir.last_checkpoint)
+        if checkpoint and run.checkpoint_every and state.global_step % run.checkpoint_every == 0:
+            checkpoint()
     bar.close()
     seconds = time.perf_counter() - started
-    stats: dict[str, Any] = {}
-    if sums:
-        names = sorted(sums)
-        means = torch.stack([sums[name] for name in names]) / good_steps
-        all_reduce_mean(means)  # the mean over every process's batches
-        stats = {f"train_{name}": float(mean) for name, mean in zip(names, means)}
-    stats |= _learning_rates(training)
-    stats |= {
+    return {
+        **_mean_terms(sums, good_steps),
+        **optimization.learning_rates(),
         "images": images,
         "train_time_s": seconds,
         "images_per_s": images / max(seconds, 1e-9),
     }
-    return stats
 
 
 def training_step(
-    training: Training, batch: dict[str, torch.Tensor]
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    optimization: Optimization,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    ema: ModelEmaV3 | None = None,
+    step: int = 0,
 ) -> dict[str, torch.Tensor] | None:
-    """One iteration over every phase (see the module docstring). Returns the detached scalar
-    terms to log (``loss`` and the method's named terms; with several phases ``<phase>_<term>``
-    and ``loss``, their total), or None if a loss was not finite and the iteration was
-    skipped."""
-    method, scaler = training.method, training.scaler
+    """One iteration over every phase of the method ``model`` runs (see the module docstring).
+    Returns the detached scalar terms to log (``loss`` and the method's named terms; with
+    several phases ``<phase>_<term>`` and ``loss``, their total), or None if a loss was not
+    finite and the iteration was skipped (logged as iteration ``step``)."""
+    method = _method_of(model)
     multi_phase = len(method.phases) > 1
     merged: dict[str, torch.Tensor] = {}
     terms: dict[str, torch.Tensor] = {}
     stepped = 0
+    device_type = batch["image"].device.type  # where the forward runs
     for phase in method.phases:
-        optimizer = training.optimizers[phase]
-        with torch.autocast(
-            training.device.type, dtype=training.amp_dtype, enabled=training.amp_dtype is not None
-        ):
-            outputs = training.model(batch, phase=phase)
-        loss = outputs["loss"]
-        if not _finite_on_every_process(loss, training.context):
-            log(
-                f"step {training.state.global_step + 1}: the loss of phase {phase!r} is "
-                f"{loss.item()}; iteration skipped",
-                training.context.is_main,
-            )
-            _drain_ddp(training, phase)
+        with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            outputs = model(batch, phase=phase)
+        if _skip_non_finite(model, outputs["loss"], optimization.optimizers[phase]):
+            loss = outputs["loss"].item()
+            message = f"step {step}: the loss of phase {phase!r} is {loss}; iteration skipped"
+            log(message, is_main_process())
             break
-        optimizer.zero_grad(set_to_none=True)
-        (scaler.scale(loss) if scaler else loss).backward()
-        if training.config.optim.grad_clip > 0:
-            if scaler:
-                scaler.unscale_(optimizer)
-            parameters = [p for group in optimizer.param_groups for p in group["params"]]
-            nn.utils.clip_grad_norm_(parameters, training.config.optim.grad_clip)
-        if scaler:
-            scaler.step(optimizer)
-        else:
-            optimizer.step()
+        optimization.step(phase, outputs["loss"])
         stepped += 1
         merged |= outputs
-        prefix = f"{phase}_" if multi_phase else ""
-        for name, value in outputs.items():
-            if name != "logits" and value.ndim == 0:
-                terms[prefix + name] = value.detach().float()
-    if scaler and stepped:
-        scaler.update()
+        terms |= _scalar_terms(outputs, prefix=f"{phase}_" if multi_phase else "")
+    if optimization.scaler is not None and stepped:
+        optimization.scaler.update()
     if stepped < len(method.phases):
         return None
     if multi_phase:  # the iteration's total, for the progress bar and the epoch line
         terms["loss"] = sum(terms[f"{phase}_loss"] for phase in method.phases)
-    for scheduler in training.schedulers.values():
-        scheduler.step()
-    if training.ema is not None:
-        training.ema.update(method)
+    optimization.step_schedules()
+    if ema is not None:
+        ema.update(method)
     with torch.no_grad():
         method.after_step(batch, merged)
     return terms
 
 
-def evaluate_epoch(training: Training, loader: DataLoader) -> dict[str, Any]:
+def evaluate_epoch(
+    method: Method, ema: ModelEmaV3 | None, loader: DataLoader, config: Config, device: torch.device
+) -> dict[str, Any]:
     """Metrics of the method (``mAP``, ...) and of its EMA copy (``ema_mAP``, ...)."""
-    run = training.config.run
-    models = {"": training.method}
-    if training.ema is not None:
-        models["ema_"] = training.ema.module
+    run = config.run
+    models = {"": method} if ema is None else {"": method, "ema_": ema.module}
     metrics: dict[str, Any] = {}
     for prefix, model in models.items():
         outputs = collect_outputs(
             model,
             loader,
-            training.device,
-            training.amp_dtype,
+            device,
+            autocast_dtype(run.amp, device),
             run.channels_last,
-            decoder=device_decoder(training.config),
+            decoder=device_decoder(config),
         )
         results = compute_metrics(model, outputs, loader.dataset, run.threshold)
         metrics |= {prefix + name: value for name, value in results.items()}
@@ -457,36 +391,48 @@ def evaluate_epoch(training: Training, loader: DataLoader) -> dict[str, Any]:
     return metrics
 
 
-def checkpoint_state(training: Training) -> dict[str, Any]:
+def checkpoint_state(
+    config: Config,
+    method: Method,
+    ema: ModelEmaV3 | None,
+    optimization: Optimization,
+    state: TrainState,
+    class_names: list[str],
+) -> dict[str, Any]:
     """Everything needed to continue the run exactly (tensors and plain Python only)."""
-    method = training.method
     return {
         "format": FORMAT_VERSION,
         "method": method.name,
         "num_classes": method.num_classes,
         "num_train_images": method.num_train_images,
-        "class_names": training.class_names,
-        "config": training.config.to_dict(),
+        "class_names": class_names,
+        "config": config.to_dict(),
         "model": method.state_dict(),
-        "ema": training.ema.module.state_dict() if training.ema is not None else None,
-        "optimizers": {phase: opt.state_dict() for phase, opt in training.optimizers.items()},
-        "schedulers": {phase: sch.state_dict() for phase, sch in training.schedulers.items()},
-        "scaler": training.scaler.state_dict() if training.scaler is not None else None,
-        "schedule": training.schedule,
-        "state": dataclasses.asdict(training.state),
+        "ema": ema.module.state_dict() if ema is not None else None,
+        **optimization.state_dict(),  # optimizers, schedulers, scaler, schedule
+        "state": dataclasses.asdict(state),
         "rng": rng_state(),
         "mlcl_version": mlcl.__version__,
     }
 
 
-def restore_training(training: Training, path: Path) -> None:
-    """Continue from a checkpoint written by ``checkpoint_state``."""
+def restore_training(
+    path: Path,
+    method: Method,
+    ema: ModelEmaV3 | None,
+    optimization: Optimization,
+    class_names: list[str],
+    context: DistributedContext,
+) -> tuple[TrainState, dict[str, Any] | None]:
+    """Continue from a checkpoint written by ``checkpoint_state``: the weights and the
+    optimisation's state are loaded in place. Returns the run's counters and, when it stopped
+    in the middle of an epoch, the random state to continue that epoch with."""
     checkpoint = load_checkpoint(path)
-    check_compatible(checkpoint, path, training.method.name, training.class_names)
+    check_compatible(checkpoint, path, method.name, class_names)
     changed = [
-        f"{name} {old} -> {training.schedule.get(name)}"
+        f"{name} {old} -> {optimization.schedule.get(name)}"
         for name, old in checkpoint["schedule"].items()
-        if training.schedule.get(name) != old
+        if optimization.schedule.get(name) != old
     ]
     if changed:
         raise CheckpointError(
@@ -494,67 +440,178 @@ def restore_training(training: Training, path: Path) -> None:
             f"({'; '.join(changed)}); resume with the run's own configuration "
             f"({Path(path).parent / 'config.yaml'}) or start a new run"
         )
-    training.method.load_state_dict(checkpoint["model"])
-    if training.ema is not None:
+    method.load_state_dict(checkpoint["model"])
+    if ema is not None:
         if checkpoint["ema"] is None:
-            raise MlclError(f"{path}: has no EMA weights, but run.ema is {training.config.run.ema}")
-        training.ema.module.load_state_dict(checkpoint["ema"])
-    for phase, optimizer in training.optimizers.items():
-        optimizer.load_state_dict(checkpoint["optimizers"][phase])
-        training.schedulers[phase].load_state_dict(checkpoint["schedulers"][phase])
-    if training.scaler is not None and checkpoint["scaler"] is not None:
-        training.scaler.load_state_dict(checkpoint["scaler"])
-    training.state = TrainState(**checkpoint["state"])
-    if training.state.step_in_epoch:
-        training.resumed_rng = checkpoint["rng"]
-    log(
-        f"resumed from {path}: epoch {training.state.epoch}, step {training.state.global_step}",
-        training.context.is_main,
-    )
+            raise MlclError(f"{path}: has no EMA weights, but run.ema is {ema.decay}")
+        ema.module.load_state_dict(checkpoint["ema"])
+    optimization.load_state_dict(checkpoint)
+    state = TrainState(**checkpoint["state"])
+    log(f"resumed from {path}: epoch {state.epoch}, step {state.global_step}", context.is_main)
+    return state, checkpoint["rng"] if state.step_in_epoch else None
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _finite_on_every_process(loss: torch.Tensor, context: DistributedContext) -> bool:
-    """Whether the loss is finite on every process: all must skip a step together, or DDP's
-    gradient exchange would wait forever."""
+def _training_module(method: Method, run: RunConfig, context: DistributedContext) -> nn.Module:
+    """The module the training forward runs through: the method (compiled with
+    ``run.compile``), wrapped in DistributedDataParallel when distributed."""
+    if run.compile:
+        method.compile(mode=run.compile_mode)
+    elif run.compile_mode != "default":
+        raise ConfigError(f"run.compile_mode: {run.compile_mode} needs run.compile: true")
+    if not context.distributed:
+        return method
+    return DistributedDataParallel(
+        method,
+        device_ids=[context.device.index] if context.device.type == "cuda" else None,
+        broadcast_buffers=False,  # methods keep their buffers in step themselves
+        find_unused_parameters=method.find_unused_parameters,
+    )
+
+
+def _method_of(model: nn.Module) -> Method:
+    """The method that ``model`` (the method, or DistributedDataParallel around it) runs."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _skip_non_finite(model: nn.Module, loss: torch.Tensor, optimizer: Optimizer) -> bool:
+    """Whether the iteration must be skipped: the loss is not finite on some process.
+
+    All processes must skip together, or DDP's gradient exchange would wait forever; and
+    under DDP the skipped forward's exchange is completed by a backward of zero through every
+    parameter, whose gradients are then dropped."""
     finite = torch.isfinite(loss.detach()).to(torch.int32)
-    if context.distributed:
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    return bool(finite)
+    if not isinstance(model, DistributedDataParallel):
+        return not finite
+    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if finite:
+        return False
+    sum(p.sum() for p in stepped_parameters(optimizer)).mul(0.0).backward()
+    optimizer.zero_grad(set_to_none=True)
+    return True
 
 
-def _drain_ddp(training: Training, phase: str) -> None:
-    """After a skipped forward under DDP, run a backward of zero through every parameter so
-    DDP's gradient exchange of that forward completes; then drop the gradients."""
-    if not training.context.distributed:
-        return
-    parameters = [p for group in training.optimizers[phase].param_groups for p in group["params"]]
-    sum(p.sum() for p in parameters).mul(0.0).backward()
-    training.optimizers[phase].zero_grad(set_to_none=True)
+def _scalar_terms(outputs: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The loss and the method's named scalar terms of a phase's outputs, detached."""
+    return {
+        prefix + name: value.detach().float()
+        for name, value in outputs.items()
+        if name != "logits" and value.ndim == 0
+    }
 
 
-def _note_bad_images(training: Training, bad_images: list[BadImage]) -> None:
+def _mean_terms(sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
+    """``train_<name>``: each term's mean over ``steps`` iterations of every process."""
+    if not sums:
+        return {}
+    names = sorted(sums)
+    means = torch.stack([sums[name] for name in names]) / steps
+    all_reduce_mean(means)  # the mean over every process's batches
+    return {f"train_{name}": float(mean) for name, mean in zip(names, means)}
+
+
+def _progress_bar(loader: DataLoader, state: TrainState, epochs: int, enabled: bool) -> tqdm:
+    return tqdm(
+        loader,
+        desc=f"epoch {state.epoch + 1}/{epochs}",
+        initial=state.step_in_epoch,
+        total=state.step_in_epoch + len(loader),
+        leave=False,
+        disable=not enabled,
+        dynamic_ncols=True,
+    )
+
+
+def _start_epoch(
+    loader: DataLoader,
+    method: Method,
+    state: TrainState,
+    run: RunConfig,
+    context: DistributedContext,
+    resumed_rng: dict[str, Any] | None,
+    callbacks: Sequence[Callback],
+) -> None:
+    """Seed the epoch's batches and random streams (from where a mid-epoch checkpoint stopped:
+    ``resumed_rng``), and call the epoch-start hooks unless resuming in the epoch's middle."""
+    remaining = run.max_steps - state.global_step if run.max_steps else None
+    seed_epoch(loader, run.seed, state.epoch, context.rank, state.step_in_epoch, remaining)
+    if resumed_rng is not None and context.is_main:
+        set_rng_state(resumed_rng)  # mid-epoch: continue the saved random streams
+    if state.step_in_epoch == 0:
+        method.on_epoch_start(state.epoch)
+        for callback in callbacks if context.is_main else ():
+            callback.on_epoch_start(method, state.epoch)
+
+
+def _save_last(
+    run_dir: RunDir,
+    config: Config,
+    method: Method,
+    ema: ModelEmaV3 | None,
+    optimization: Optimization,
+    state: TrainState,
+    class_names: list[str],
+    best: bool = False,
+) -> None:
+    """Write ``checkpoint_last.pt``, and copy it to ``checkpoint_best.pt`` if ``best`` (on the
+    main process, with ``run.checkpoint``)."""
+    if config.run.checkpoint and run_dir.enabled:
+        saved = checkpoint_state(config, method, ema, optimization, state, class_names)
+        save_checkpoint(saved, run_dir.last_checkpoint)
+        if best:
+            copy_checkpoint(run_dir.last_checkpoint, run_dir.best_checkpoint)
+
+
+def _end_epoch(
+    method: Method,
+    ema: ModelEmaV3 | None,
+    loader: DataLoader,
+    state: TrainState,
+    train_stats: dict[str, Any],
+    run_dir: RunDir,
+    config: Config,
+    context: DistributedContext,
+    callbacks: Sequence[Callback],
+) -> tuple[dict[str, Any], bool]:
+    """After an epoch's training: the method's epoch-end hook, the evaluation, the epoch
+    counted done, its line of metrics.jsonl and the callbacks. Returns the line and whether
+    the epoch is the best so far."""
+    epoch = state.epoch
+    method.on_epoch_end(epoch)
+    started = time.perf_counter()
+    metrics = evaluate_epoch(method, ema, loader, config, context.device)
+    metrics["eval_time_s"] = time.perf_counter() - started
+    state.epoch, state.step_in_epoch = epoch + 1, 0
+    improved = _update_best(state, metrics, epoch)
+    record = {"epoch": epoch, "step": state.global_step, **train_stats, **metrics}
+    run_dir.append_metrics(record)
+    kill_point("epoch_end")
+    for callback in callbacks if context.is_main else ():
+        callback.on_epoch_end(method, epoch, record)
+    return record, improved
+
+
+def _note_bad_images(state: TrainState, bad_images: list[BadImage], main: bool) -> None:
     """Log the images a batch left out (``data.bad_images: skip``) and keep their paths for the
     summary (and the checkpoint, so a resumed run's summary lists them too)."""
     for bad in bad_images:
-        log(
-            f"step {training.state.global_step + 1}: skipped {bad.reason}", training.context.is_main
-        )
-        training.state.bad_images.append(bad.path)
+        log(f"step {state.global_step + 1}: skipped {bad.reason}", main)
+        state.bad_images.append(bad.path)
 
 
-def _reached_max_steps(training: Training) -> bool:
-    max_steps = training.config.run.max_steps
-    return bool(max_steps) and training.state.global_step >= max_steps
+def _too_many_bad_steps(state: TrainState, run: RunConfig) -> MlclError:
+    last_checkpoint = RunDir(run.out_dir, enabled=False).last_checkpoint  # a path, no writes
+    return MlclError(
+        f"training stopped at step {state.global_step}: the loss was not finite in "
+        f"{state.bad_steps} iterations in a row (run.max_bad_steps); "
+        f"{last_checkpoint} holds the last good state"
+    )
 
 
-def _learning_rates(training: Training) -> dict[str, float]:
-    phases = training.method.phases
-    if len(phases) == 1:
-        return {"lr": training.optimizers[phases[0]].param_groups[0]["lr"]}
-    return {f"{phase}_lr": training.optimizers[phase].param_groups[0]["lr"] for phase in phases}
+def _reached_max_steps(state: TrainState, run: RunConfig) -> bool:
+    return bool(run.max_steps) and state.global_step >= run.max_steps
 
 
 def _update_best(state: TrainState, metrics: dict[str, Any], epoch: int) -> bool:
@@ -575,22 +632,22 @@ def _update_best(state: TrainState, metrics: dict[str, Any], epoch: int) -> bool
     return False
 
 
-def _describe(training: Training, loader: DataLoader, run_dir: RunDir) -> str:
-    config, context = training.config, training.context
-    dataset = loader.dataset
-    precision = str(training.amp_dtype).removeprefix("torch.") if training.amp_dtype else "float32"
+def _describe(
+    method: Method, loader: DataLoader, config: Config, context: DistributedContext, run_dir: RunDir
+) -> str:
+    amp_dtype = autocast_dtype(config.run.amp, context.device)
+    precision = str(amp_dtype).removeprefix("torch.") if amp_dtype else "float32"
     limit = f" (at most {config.run.max_steps} steps)" if config.run.max_steps else ""
     return (
-        f"{training.method.name}: {len(dataset)} training images, {len(training.class_names)} "
+        f"{method.name}: {len(loader.dataset)} training images, {method.num_classes} "
         f"classes; {config.run.epochs} epochs of {len(loader)} steps{limit}, batch "
         f"{config.data.batch_size} x {context.world_size} process(es) on {context.device} "
         f"({precision}) -> {run_dir.path}"
     )
 
 
-def _epoch_line(training: Training, record: dict[str, Any], improved: bool) -> str:
-    config = training.config
-    parts = [f"epoch {record['epoch'] + 1}/{config.run.epochs}", f"step {record['step']}"]
+def _epoch_line(run: RunConfig, record: dict[str, Any], improved: bool) -> str:
+    parts = [f"epoch {record['epoch'] + 1}/{run.epochs}", f"step {record['step']}"]
     if "train_loss" in record:
         parts.append(f"loss {record['train_loss']:.4g}")
     parts.append(f"mAP {record['mAP']:.2f}")
@@ -601,11 +658,20 @@ def _epoch_line(training: Training, record: dict[str, Any], improved: bool) -> s
 
 
 def _summary(
-    training: Training, record: dict[str, Any], stopped: str, seconds: float
+    method: Method,
+    state: TrainState,
+    record: dict[str, Any],
+    stopped: str,
+    started: float,
+    trained: list[dict[str, Any]],
+    config: Config,
+    context: DistributedContext,
 ) -> dict[str, Any]:
-    state, config = training.state, training.config
+    """The run's summary; ``trained``: the statistics of the epochs this process trained."""
+    train_seconds = sum(stats["train_time_s"] for stats in trained)
+    train_images = sum(stats["images"] for stats in trained)
     return {
-        "method": training.method.name,
+        "method": method.name,
         "best_map": state.best_map,
         "best_epoch": state.best_epoch,
         "best_ema_map": state.best_ema_map,
@@ -616,11 +682,12 @@ def _summary(
         "steps": state.global_step,
         "stopped": stopped,
         "bad_images": state.bad_images,
-        "time_s": seconds,
-        **peak_memory_mb(training.device),
-        "device": str(training.device),
-        "world_size": training.context.world_size,
-        "num_classes": len(training.class_names),
+        "time_s": time.perf_counter() - started,
+        **peak_memory_mb(context.device),
+        "device": str(context.device),
+        "world_size": context.world_size,
+        "num_classes": method.num_classes,
         "config_hash": config.hash(),
         **environment_info(),
+        "train_images_per_s": train_images / train_seconds if train_seconds else None,
     }

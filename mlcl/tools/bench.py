@@ -48,9 +48,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from mlcl.config import Config, with_overrides
+from mlcl.engine.optim import Optimization, autocast_dtype, stepped_parameters
 from mlcl.engine.process_group import setup_distributed
 from mlcl.engine.run_dir import environment_info, peak_memory_mb
-from mlcl.engine.train import Training, build_training, training_step
+from mlcl.engine.train import build_training, training_step
 
 # Classes of each data set, for benchmarking without the data on disk.
 NUM_CLASSES = {"coco2014": 80, "coco2017": 80, "voc2007": 20, "voc2012": 20, "nuswide": 81}
@@ -177,14 +178,13 @@ def optimizer_bytes(parameters: Iterable[torch.Tensor], grad_clip: bool = False)
     return (10 if grad_clip else 7) * _trainable_bytes(parameters)
 
 
-def step_bytes(training: Training, activation_bytes: int) -> dict[str, int]:
+def step_bytes(optimization: Optimization, activation_bytes: int) -> dict[str, int]:
     """The lower-bound memory traffic of one training step by source (see the module
     docstring); every phase runs its forward, backward and optimiser step."""
-    grad_clip = training.config.optim.grad_clip > 0
+    grad_clip = optimization.grad_clip > 0
     parameter = optimizer = 0
-    for phase in training.method.phases:
-        groups = training.optimizers[phase].param_groups
-        parameters = [p for group in groups for p in group["params"]]
+    for phase_optimizer in optimization.optimizers.values():
+        parameters = stepped_parameters(phase_optimizer)
         parameter += parameter_bytes(parameters)
         optimizer += optimizer_bytes(parameters, grad_clip)
     activation = 2 * activation_bytes  # written in the forward, read in the backward
@@ -210,12 +210,18 @@ def measure_train_step(
     # count.
     config = with_overrides(config, {"run.epochs": 1, "run.max_steps": 0})
     total_steps = warmup + repeats * steps + 1
-    training = build_training(config, context, shape, shape, steps_per_epoch=total_steps)
+    method, model, ema, optimization = build_training(
+        config, context, shape, shape, steps_per_epoch=total_steps
+    )
+    amp_dtype = autocast_dtype(config.run.amp, device)
     batch = synthetic_batch(batch_size, image_size, num_classes, device, config.run.channels_last)
-    training.model.train()
+    model.train()
+
+    def step() -> None:
+        training_step(model, batch, optimization, amp_dtype=amp_dtype, ema=ema)
 
     for _ in range(warmup):
-        training_step(training, batch)
+        step()
     _synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -225,26 +231,23 @@ def measure_train_step(
         _synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
-            training_step(training, batch)
+            step()
         _synchronize(device)
         step_seconds.append((time.perf_counter() - start) / steps)
     memory = peak_memory_mb(device)  # CUDA max allocated, or the process's peak RSS on a CPU
 
     # FLOPs and saved activations of one more step on the same batch, outside the timed region.
-    parameters = list(training.method.parameters())
-    with TotalFlopCounter() as counter, SavedActivations(parameters) as saved:
-        training_step(training, batch)
+    with TotalFlopCounter() as counter, SavedActivations(method.parameters()) as saved:
+        step()
     flops_per_image = counter.get_total_flops() / batch_size
-    traffic = step_bytes(training, saved.bytes)
+    traffic = step_bytes(optimization, saved.bytes)
 
     median_step = statistics.median(step_seconds)
     images_per_s = batch_size / median_step
     return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": str(training.amp_dtype).removeprefix("torch.")
-        if training.amp_dtype
-        else "float32",
+        "precision": str(amp_dtype).removeprefix("torch.") if amp_dtype else "float32",
         "batch_size": batch_size,
         "image_size": image_size,
         "num_classes": num_classes,
@@ -257,7 +260,7 @@ def measure_train_step(
         **traffic,
         "bytes_per_image": traffic["bytes_per_step"] / batch_size,
         "achieved_gbps": traffic["bytes_per_step"] / median_step / 1e9,
-        "amp_dtype": training.amp_dtype,
+        "amp_dtype": amp_dtype,
     }
 
 
