@@ -228,9 +228,10 @@ def train_epochs(
     evaluating and checkpointing after every epoch. Returns the summary."""
     run, method = config.run, _method_of(model)
     train_loader, val_loader = loaders
-    checkpoint = functools.partial(
-        _save_last, run_dir, config, method, ema, optimization, state, list(class_names)
+    snapshot = functools.partial(
+        checkpoint_state, config, method, ema, optimization, state, list(class_names)
     )
+    checkpoint = functools.partial(_save_last, run_dir, run.checkpoint, snapshot)
     log(_describe(method, train_loader, config, context, run_dir), context.is_main)
     started, trained, stopped = time.perf_counter(), [], "completed"
     records = read_metrics(run_dir.path) if context.is_main else []
@@ -546,20 +547,12 @@ def _start_epoch(
 
 
 def _save_last(
-    run_dir: RunDir,
-    config: Config,
-    method: Method,
-    ema: ModelEmaV3 | None,
-    optimization: Optimization,
-    state: TrainState,
-    class_names: list[str],
-    best: bool = False,
+    run_dir: RunDir, enabled: bool, snapshot: Callable[[], dict[str, Any]], best: bool = False
 ) -> None:
-    """Write ``checkpoint_last.pt``, and copy it to ``checkpoint_best.pt`` if ``best`` (on the
-    main process, with ``run.checkpoint``)."""
-    if config.run.checkpoint and run_dir.enabled:
-        saved = checkpoint_state(config, method, ema, optimization, state, class_names)
-        save_checkpoint(saved, run_dir.last_checkpoint)
+    """Write ``snapshot()`` to ``checkpoint_last.pt`` and, if ``best``, copy it to
+    ``checkpoint_best.pt``: on the main process, when ``enabled`` (``run.checkpoint``)."""
+    if enabled and run_dir.enabled:
+        save_checkpoint(snapshot(), run_dir.last_checkpoint)
         if best:
             copy_checkpoint(run_dir.last_checkpoint, run_dir.best_checkpoint)
 
