@@ -457,9 +457,3 @@ def _type_error(cls: type, prefix: str, values: dict[str, Any], error: dict[str,
     if hint in _EXPECTED:
         return f"{key}: expected {_EXPECTED[hint]}, got {value!r}"
     return f"{key}: {error['msg']}, got {value!r}"
-
-
-def for_restoring(config: Config) -> Config:  # TEMPORARY: moves to mlcl.methods.registry
-    from mlcl.methods.registry import for_restoring as restore
-
-    return restore(config)

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 import mlcl
 from mlcl.collectives import all_reduce_mean, is_main_process
-from mlcl.config import Config, RunConfig, for_restoring
+from mlcl.config import Config, RunConfig
 from mlcl.engine.checkpoint import (
     FORMAT_VERSION,
     check_compatible,
@@ -77,7 +77,7 @@ from mlcl.engine.run_dir import (
     run_lock,
 )
 from mlcl.errors import CheckpointError, ConfigError, MlclError
-from mlcl.methods import Method, build_method
+from mlcl.methods import Method, build_method, for_restoring, resolve_config
 
 
 @dataclass
@@ -131,6 +131,7 @@ def fit(
             validation set has ``full_labels`` and ``class_names``.
         callbacks: :class:`Callback` objects that watch the run's epochs.
     """
+    config = resolve_config(config)  # checked before any data is read; saved in full
     context = setup_distributed(config.run.device)
     try:
         with run_lock(config.run.out_dir, enabled=context.is_main):
