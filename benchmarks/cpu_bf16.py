@@ -7,7 +7,10 @@ offers, the measured matrix-multiply rate in both precisions, and ``mlcl bench``
 (images/s, peak memory, MFU against the rate of the training's own precision) for each preset in
 float32 (``run.amp=off``) and bf16 (``run.amp=bf16``), the two interleaved preset by preset.
 
-    .venv/bin/python benchmarks/cpu_bf16.py --out benchmarks/results/cpu_bf16.md
+    .venv/bin/python benchmarks/cpu_bf16.py --out benchmarks/results/precision/cpu_bf16.md
+
+Its results live in a folder of their own: chapter 09 reads every JSON file directly in
+``benchmarks/results/`` as an ``mlcl bench`` result.
 """
 
 from __future__ import annotations
