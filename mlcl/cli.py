@@ -157,9 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     from mlcl.config import load_config
     from mlcl.engine import fit
-    from mlcl.methods import resolve_config
 
-    config = resolve_config(load_config(args.config, args.set))  # a bad method key stops here
+    config = load_config(args.config, args.set)  # fit checks the method section first
     summary = fit(config, resume=args.resume)
     if summary["best_map"] is not None:
         print(f"best mAP {summary['best_map']:.2f} (epoch {summary['best_epoch'] + 1})", end="")
