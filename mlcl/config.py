@@ -120,6 +120,10 @@ class DataConfig:
     synthetic_val: int = ranged(500, "> 0")
     synthetic_seed: int = ranged(0, ">= 0")
     synthetic_image_size: int = ranged(128, "> 0")
+    # classic: the book's first data set; mechanisms: small objects in clutter, look-alike twins
+    # told apart by their scene, stronger scene-dependent pairs, more varied looks
+    # (mlcl.data.synthetic_scenes.SETTINGS; chapter 01 says which property serves which method)
+    synthetic_setting: Literal["classic", "mechanisms"] = "classic"
 
 
 @dataclass

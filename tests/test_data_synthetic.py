@@ -4,6 +4,7 @@ their own look and co-occurrence, 1–6 objects, small and large objects, occlus
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 
@@ -80,14 +81,17 @@ def test_object_sizes_span_more_than_eight_times(synthetic_root):
     assert synthetic.MAX_SIZE / synthetic.MIN_SIZE >= 8
 
 
-def sample_label_sets(num_images: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_label_sets(
+    num_images: int, seed: int = 0, setting: str = "classic"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels and scenes drawn from the generator's distribution, without drawing pixels."""
     rng = np.random.default_rng(seed)
     labels = torch.zeros(num_images, len(synthetic.CATEGORIES), dtype=torch.bool)
     scenes = torch.zeros(num_images, dtype=torch.long)
     for n in range(num_images):
         scenes[n] = int(rng.choice(len(synthetic.SCENES), p=synthetic.SCENE_FREQUENCIES))
-        labels[n, synthetic._sample_categories(rng, int(scenes[n]))] = True
+        drawn = synthetic._sample_categories(rng, int(scenes[n]), synthetic.SETTINGS[setting])
+        labels[n, drawn] = True
     return labels, scenes
 
 
@@ -163,3 +167,86 @@ def test_generate_refuses_a_non_empty_folder(tmp_path):
     with pytest.raises(DataError, match="already exists and is not empty"):
         generate(tmp_path / "taken", num_train=2, num_val=2, image_size=32)
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_classic_setting_draws_what_generator_version_2_drew():
+    """The scenes and annotations (every random draw and every mask's pixel count) of 40 images,
+    recorded before settings existed: ``classic`` must keep the book's first data set."""
+    digest = hashlib.sha256()
+    for index in range(40):
+        _, scene, annotations = synthetic.draw_image(np.random.default_rng([5, 0, index]), 48)
+        digest.update(repr((scene, annotations)).encode())
+    assert digest.hexdigest() == "472e150b1889746ff8f87ce4530803d3118b416fa4b7f1b781ee5f155b24411f"
+
+
+def test_mechanisms_setting_turns_up_each_property():
+    classic, mechanisms = synthetic.SETTINGS["classic"], synthetic.SETTINGS["mechanisms"]
+    # Small objects (still an 8x range of sizes) among more clutter.
+    assert mechanisms.max_size < classic.max_size
+    assert mechanisms.max_size / mechanisms.min_size >= 8
+    assert min(mechanisms.distractors) > max(classic.distractors) - 1
+    # More variation within a class.
+    assert mechanisms.colour_jitter > classic.colour_jitter
+    assert np.ptp(mechanisms.stretch) > np.ptp(classic.stretch)
+
+    labels_c, scenes_c = sample_label_sets(12000, setting="classic")
+    labels_m, scenes_m = sample_label_sets(12000, setting="mechanisms")
+    index = synthetic.CATEGORY_INDEX
+
+    def away_share(labels, scenes):
+        home = torch.zeros(len(synthetic.SCENES), len(synthetic.CATEGORIES), dtype=torch.bool)
+        for k, scene in enumerate(synthetic.SCENES):
+            home[k, [index[name] for name in scene.home]] = True
+        return (labels & ~home[scenes]).sum() / labels.sum()
+
+    # Categories keep to their scenes more strictly.
+    assert away_share(labels_m, scenes_m) < 0.5 * away_share(labels_c, scenes_c)
+    # The same anchor brings another partner in another scene.
+    city = synthetic.SCENES.index(next(s for s in synthetic.SCENES if s.name == "city"))
+    in_city = labels_m[scenes_m == city]
+    anchor, partner = index["blue square"], index["checkered red square"]
+    p_partner = in_city[in_city[:, anchor], partner].float().mean()
+    assert p_partner > 0.6
+    classic_city = labels_c[scenes_c == city]
+    assert p_partner > classic_city[classic_city[:, anchor], partner].float().mean() + 0.3
+    # The long tail stays.
+    frequency = labels_m.sum(0).float()
+    assert frequency.max() / frequency.min() >= 10
+
+
+def test_mechanisms_twins_look_alike_and_live_in_other_scenes():
+    categories = synthetic.setting_categories(synthetic.SETTINGS["mechanisms"])
+    names = [c.name for c in categories]
+    assert len(set(names)) == len(names) == len(synthetic.CATEGORIES)
+    for twin, colour in synthetic.SETTINGS["mechanisms"].recolour:
+        imitated = next(
+            c
+            for c in synthetic.CATEGORIES
+            if c.shape == twin.split()[-1]
+            and c.name != twin
+            and np.linalg.norm(
+                np.subtract(synthetic.colour_of(c.colour), synthetic.colour_of(colour))
+            )
+            < 45
+        )
+        homes = {s.name for s in synthetic.SCENES if twin in s.home}
+        imitated_homes = {s.name for s in synthetic.SCENES if imitated.name in s.home}
+        assert homes and imitated_homes and not homes & imitated_homes, (twin, imitated.name)
+
+
+def test_a_setting_is_written_into_the_files_and_the_cache_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLCL_DATA_DIR", str(tmp_path))
+    root = ensure_synthetic(num_train=4, num_val=2, image_size=32, seed=0, setting="mechanisms")
+    version = synthetic.GENERATOR_VERSION
+    assert root == tmp_path / f"synthetic-v{version}-mechanisms-4-2-32px-seed0"
+    assert json.loads((root / synthetic.MARKER_FILE).read_text())["setting"] == "mechanisms"
+    names = {
+        c["name"]
+        for c in COCO(str(root / "annotations" / "instances_val.json")).dataset["categories"]
+    }
+    assert "scarlet circle" in names and "orange circle" not in names
+    with pytest.raises(ValueError, match=r"unknown synthetic setting 'hard'.*mechanisms"):
+        generate(tmp_path / "bad", num_train=4, num_val=2, image_size=32, setting="hard")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from mlcl.data.build import DATASETS
+from mlcl.data.synthetic_scenes import SETTINGS
 
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,6 +23,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     synth.add_argument("--num-val", type=int, default=500)
     synth.add_argument("--image-size", type=int, default=128)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--setting", choices=sorted(SETTINGS), default="classic")
     synth.add_argument("--workers", type=int, default=2, help="processes drawing images")
     synth.set_defaults(func=synth_command)
 
@@ -51,7 +53,13 @@ def synth_command(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         out = generate(
-            args.out, args.num_train, args.num_val, args.image_size, args.seed, args.workers
+            args.out,
+            args.num_train,
+            args.num_val,
+            args.image_size,
+            args.seed,
+            args.workers,
+            setting=args.setting,
         )
     except ValueError as err:
         print(f"mlcl data synth: {err}")

@@ -39,7 +39,7 @@ import math
 import multiprocessing
 import os
 import shutil
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +49,25 @@ from PIL import Image, ImageDraw
 # The design tables, importable from here too: notebooks and tests name them as this module's.
 from mlcl.data.synthetic_scenes import (
     CATEGORIES,
-    CATEGORY_INDEX,
-    COLOURS,
     MAX_OBJECTS,
-    MAX_SIZE,
     MAX_TURN,
-    MIN_SIZE,
     MIN_VISIBLE,
-    SCENE_CATEGORY_WEIGHTS,
     SCENE_FREQUENCIES,
     SCENES,
+    SETTINGS,
     Category,
+    Setting,
+    colour_of,
+    scene_category_weights,
+    scene_pairs,
+    setting_categories,
 )
+from mlcl.data.synthetic_scenes import CATEGORY_INDEX as CATEGORY_INDEX
+from mlcl.data.synthetic_scenes import COLOURS as COLOURS
+from mlcl.data.synthetic_scenes import MAX_SIZE as MAX_SIZE
+from mlcl.data.synthetic_scenes import MIN_SIZE as MIN_SIZE
 from mlcl.data.synthetic_scenes import POPULARITY as POPULARITY
+from mlcl.data.synthetic_scenes import SCENE_CATEGORY_WEIGHTS as SCENE_CATEGORY_WEIGHTS
 from mlcl.data.synthetic_scenes import Scene as Scene
 from mlcl.errors import DataError
 
@@ -84,16 +90,20 @@ def generate(
     image_size: int = 128,
     seed: int = 0,
     workers: int = 2,
+    setting: str = "classic",
 ) -> Path:
     """Write the built-in data set to ``out`` (which must not exist or be empty) and return it.
 
     Written into a temporary sibling folder first and renamed at the end, so an interrupted run
     never leaves a half data set behind. ``workers`` processes draw the images; the result does
-    not depend on their number.
+    not depend on their number. ``setting`` names one of ``SETTINGS`` (``classic``: the book's
+    first data set; ``mechanisms``: each method's premise turned up).
     """
     out = Path(out)
     if num_train < 1 or num_val < 1 or image_size < 32:
         raise ValueError("need num_train >= 1, num_val >= 1 and image_size >= 32")
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown synthetic setting {setting!r} (known: {', '.join(SETTINGS)})")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: already exists and is not empty")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +115,7 @@ def generate(
             "num_val": num_val,
             "image_size": image_size,
             "seed": seed,
+            "setting": setting,
         }
         for split, count in zip(SPLITS, (num_train, num_val)):
             _write_split(partial, split, count, image_size, seed, workers, parameters)
@@ -126,22 +137,27 @@ def ensure_synthetic(
     num_val: int = 500,
     image_size: int = 128,
     seed: int = 0,
+    setting: str = "classic",
 ) -> Path:
     """The root of the built-in data set, generated with these parameters first if absent.
 
     ``root=""`` means a folder of ``default_root()`` named by the generator version and the
-    parameters (``synthetic-v2-2000-500-128px-seed0``). An explicit ``root`` that already holds
+    parameters (``synthetic-v2-2000-500-128px-seed0``; another setting than ``classic`` adds
+    its name: ``synthetic-v2-mechanisms-2000-500-64px-seed0``). An explicit ``root`` that already holds
     a data set (both annotation files) is used as it is, whatever parameters made it (``mlcl
     data synth`` writes one).
     """
     if root:
         path = Path(root)
     else:
-        name = f"synthetic-v{GENERATOR_VERSION}-{num_train}-{num_val}-{image_size}px-seed{seed}"
+        named = "" if setting == "classic" else f"{setting}-"
+        name = (
+            f"synthetic-v{GENERATOR_VERSION}-{named}{num_train}-{num_val}-{image_size}px-seed{seed}"
+        )
         path = default_root() / name
     if not is_complete(path):
         try:
-            generate(path, num_train, num_val, image_size, seed)
+            generate(path, num_train, num_val, image_size, seed, setting=setting)
         except DataError:
             if not is_complete(path):  # unless another process has just written it
                 raise
@@ -164,13 +180,16 @@ def _write_split(
     image_size: int,
     seed: int,
     workers: int,
-    parameters: dict[str, int],
+    parameters: dict[str, Any],
 ) -> None:
     image_dir = root / "images" / split
     image_dir.mkdir(parents=True, exist_ok=True)
     (root / "annotations").mkdir(exist_ok=True)
     split_code = SPLITS.index(split)
-    tasks = [(seed, split_code, index, image_size, str(image_dir)) for index in range(count)]
+    setting = parameters["setting"]
+    tasks = [
+        (seed, split_code, index, image_size, str(image_dir), setting) for index in range(count)
+    ]
     if workers > 1 and count >= 64:
         with multiprocessing.get_context().Pool(workers) as pool:
             results = list(pool.imap(_draw_and_save, tasks, chunksize=32))
@@ -203,17 +222,22 @@ def _write_split(
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": c.id, "name": c.name, "supercategory": c.shape} for c in CATEGORIES],
+        "categories": [
+            {"id": c.id, "name": c.name, "supercategory": c.shape}
+            for c in setting_categories(SETTINGS[setting])
+        ],
         "scenes": [{"id": k, "name": scene.name} for k, scene in enumerate(SCENES)],
     }
     with open(root / "annotations" / f"instances_{split}.json", "w") as file:
         json.dump(data, file, separators=(",", ":"))
 
 
-def _draw_and_save(task: tuple[int, int, int, int, str]) -> tuple[str, int, list[dict[str, Any]]]:
-    seed, split_code, index, image_size, image_dir = task
+def _draw_and_save(
+    task: tuple[int, int, int, int, str, str],
+) -> tuple[str, int, list[dict[str, Any]]]:
+    seed, split_code, index, image_size, image_dir, setting = task
     rng = np.random.default_rng([seed, split_code, index])
-    pixels, scene, objects = draw_image(rng, image_size)
+    pixels, scene, objects = draw_image(rng, image_size, SETTINGS[setting])
     file_name = f"{SPLITS[split_code]}_{index:06d}.jpg"
     Image.fromarray(pixels).save(Path(image_dir) / file_name, quality=90)
     return file_name, scene, objects
@@ -222,8 +246,10 @@ def _draw_and_save(task: tuple[int, int, int, int, str]) -> tuple[str, int, list
 # --------------------------------------------------------------------------- drawing
 
 
-def draw_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, int, list[dict]]:
-    """One image: ``(pixels [size, size, 3] uint8, scene id, annotations)``.
+def draw_image(
+    rng: np.random.Generator, size: int, setting: Setting = SETTINGS["classic"]
+) -> tuple[np.ndarray, int, list[dict]]:
+    """One image of ``setting``: ``(pixels [size, size, 3] uint8, scene id, annotations)``.
 
     Annotations are COCO-style dicts (``category_id``, ``bbox`` of the visible pixels, ``area`` =
     visible pixels, ``iscrowd``) plus ``occluded``, the hidden fraction of the object.
@@ -232,13 +258,14 @@ def draw_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, int, li
     canvas = _background(rng, scene, size)  # [S, S, 3] float
     owner = np.full((size, size), -1, dtype=np.int16)  # which object each pixel shows
 
-    for _ in range(rng.integers(0, 3)):  # unlabelled distractors, behind the objects
+    for _ in range(rng.integers(*setting.distractors)):  # unlabelled, behind the objects
         _paint_distractor(rng, canvas, size)
 
-    categories = _sample_categories(rng, scene)
+    categories = _sample_categories(rng, scene, setting)
+    looks = setting_categories(setting)
     masks = []
     for number, category in enumerate(categories):
-        mask = _paint_object(rng, canvas, CATEGORIES[category], size)
+        mask = _paint_object(rng, canvas, looks[category], size, setting)
         owner[mask] = number
         masks.append(mask)
     if rng.random() < 0.25:  # a bar across the picture occludes what it crosses
@@ -278,25 +305,30 @@ def _annotation(category: int, visible: np.ndarray, visible_fraction: float) -> 
     }
 
 
-def _sample_categories(rng: np.random.Generator, scene: int) -> list[int]:
+def _sample_categories(rng: np.random.Generator, scene: int, setting: Setting) -> list[int]:
     """1–6 category indices: scene-dependent draws, then each draw's scene partners."""
-    spec = SCENES[scene]
-    count = 1 + int(rng.binomial(MAX_OBJECTS - 1, spec.crowding))
-    drawn = rng.choice(len(CATEGORIES), size=count, p=SCENE_CATEGORY_WEIGHTS[scene]).tolist()
+    count = 1 + int(rng.binomial(MAX_OBJECTS - 1, SCENES[scene].crowding))
+    weights = _scene_tables(setting.name)[0][scene]
+    drawn = rng.choice(len(CATEGORIES), size=count, p=weights).tolist()
     categories = []
     for category in drawn:
         if len(categories) == MAX_OBJECTS:
             break
         categories.append(category)
-        for a, b, probability in spec.pairs:
-            if (
-                CATEGORIES[category].name == a
-                and len(categories) < MAX_OBJECTS
-                and rng.random() < probability
-            ):
-                categories.append(CATEGORY_INDEX[b])
+        for a, b, probability in _scene_tables(setting.name)[1][scene]:
+            if category == a and len(categories) < MAX_OBJECTS and rng.random() < probability:
+                categories.append(b)
     order = rng.permutation(len(categories))  # partners are not always drawn on top
     return [categories[i] for i in order]
+
+
+@cache
+def _scene_tables(
+    setting: str,
+) -> tuple[np.ndarray, tuple[tuple[tuple[int, int, float], ...], ...]]:
+    """A setting's ``[K, C]`` draw weights and each scene's ``(a, b, p)`` pairs, computed once."""
+    spec = SETTINGS[setting]
+    return scene_category_weights(spec), tuple(scene_pairs(spec, k) for k in range(len(SCENES)))
 
 
 @lru_cache(maxsize=8)
@@ -429,22 +461,25 @@ def _place(
 
 
 def _paint_object(
-    rng: np.random.Generator, canvas: np.ndarray, category: Category, size: int
+    rng: np.random.Generator, canvas: np.ndarray, category: Category, size: int, setting: Setting
 ) -> np.ndarray:
     """Paint one object onto ``canvas`` (in place); return its ``[S, S]`` mask."""
-    diameter = size * math.exp(rng.uniform(math.log(MIN_SIZE), math.log(MAX_SIZE)))
+    diameter = size * math.exp(rng.uniform(math.log(setting.min_size), math.log(setting.max_size)))
     margin = diameter / 4  # the centre may sit near the border: the border cuts the shape
     center = rng.uniform(margin, size - margin, 2)
     angle = rng.uniform(-MAX_TURN[category.shape], MAX_TURN[category.shape])
-    mask = _shape_mask(category.shape, size, center, diameter, angle, rng.uniform(0.85, 1.18))
-    colour = _jitter(rng, COLOURS[category.colour], 10)
+    stretch = rng.uniform(*setting.stretch)
+    mask = _shape_mask(category.shape, size, center, diameter, angle, stretch)
+    colour = _jitter(rng, colour_of(category.colour), setting.colour_jitter)
     fill = np.broadcast_to(colour, canvas.shape).copy()
     if category.texture != "solid":
         fill[_texture(rng, category.texture, size, diameter)] = _second_colour(category.colour)
     # Shading: a soft light from one side.
     y, x = _grid(size)
     light = rng.uniform(-1, 1, 2)
-    shade = 1 + 0.15 * (light[0] * (x - center[0]) + light[1] * (y - center[1])) / diameter
+    shade = (
+        1 + setting.shading * (light[0] * (x - center[0]) + light[1] * (y - center[1])) / diameter
+    )
     fill *= shade[..., None]
     canvas[mask] = fill[mask]
     return mask
@@ -452,7 +487,7 @@ def _paint_object(
 
 def _second_colour(colour: str) -> np.ndarray:
     """The pattern colour of a textured object: white on dark colours, black on light ones."""
-    light = sum(COLOURS[colour]) / 3 > 150
+    light = sum(colour_of(colour)) / 3 > 150
     return np.array((25, 25, 25) if light else (240, 240, 240), dtype=np.float32)
 
 

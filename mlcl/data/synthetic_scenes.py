@@ -112,23 +112,12 @@ SCENES = (
                            "white star", "red circle", "dotted orange ring"),
           (("green square", "striped blue circle", 0.5), ("red circle", "white star", 0.5)), 0.35),
 )  # fmt: skip
-_HOME_WEIGHT, _AWAY_WEIGHT = 1.0, 0.08
+_HOME_WEIGHT = 1.0
 MIN_SIZE, MAX_SIZE = 0.07, 0.6  # object diameter as a fraction of the image side
 MIN_VISIBLE = 0.3  # an object less visible than this is not annotated
 MAX_OBJECTS = 6
 
 
-def _scene_category_weights() -> np.ndarray:
-    """``[K, C]`` probability of each category being drawn in each scene."""
-    weights = np.full((len(SCENES), len(CATEGORIES)), _AWAY_WEIGHT)
-    for k, scene in enumerate(SCENES):
-        for name in scene.home:
-            weights[k, CATEGORY_INDEX[name]] = _HOME_WEIGHT
-    weights *= POPULARITY[None, :]
-    return weights / weights.sum(1, keepdims=True)
-
-
-SCENE_CATEGORY_WEIGHTS = _scene_category_weights()
 SCENE_FREQUENCIES = np.array([scene.frequency for scene in SCENES]) / sum(
     scene.frequency for scene in SCENES
 )
@@ -144,3 +133,106 @@ MAX_TURN = {
     "diamond": 0.35,
     "hexagon": math.pi,
 }
+
+
+# --------------------------------------------------------------------------- settings
+#
+# A setting turns the properties above up or down without changing the scenes, the categories'
+# shapes, the long tail or the object counts. ``classic`` is the book's first data set, byte for
+# byte. ``mechanisms`` gives each method of the book something to find (chapter 01 lists which
+# property serves which method); the method-effects benchmark trains on it.
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    min_size: float = MIN_SIZE  # object diameter as a fraction of the image side
+    max_size: float = MAX_SIZE
+    distractors: tuple[int, int] = (0, 3)  # unlabelled shapes per image: integers in [low, high)
+    away_weight: float = 0.08  # how often a scene draws a category that is not at home there
+    pair_boost: float = 1.0  # multiplies every pair's probability (capped at 0.95)
+    # (scene, a, b, p) pairs added to the scenes' own: the same a brings another b elsewhere
+    extra_pairs: tuple[tuple[str, str, str, float], ...] = ()
+    # category name -> new colour name: look-alike twins of another category, at home elsewhere
+    recolour: tuple[tuple[str, str], ...] = ()
+    colour_jitter: float = 10.0  # per-channel standard deviation of an object's colour
+    stretch: tuple[float, float] = (0.85, 1.18)  # anisotropic scale of a shape
+    shading: float = 0.15  # strength of the light gradient across an object
+
+
+# The look-alike colours: each within about 30 of the colour of the category it imitates.
+TWIN_COLOURS = {
+    "scarlet": (222, 62, 40),  # beside red (205, 40, 40)
+    "amber": (240, 188, 42),  # beside yellow (235, 210, 45)
+    "crimson": (196, 38, 66),  # beside red
+    "navy": (42, 70, 182),  # beside blue (40, 80, 210)
+}
+
+SETTINGS = {
+    "classic": Setting("classic"),
+    "mechanisms": Setting(
+        "mechanisms",
+        # Small objects among clutter: 5-40 % of the side (still 8x), three to six distractors.
+        min_size=0.05,
+        max_size=0.4,
+        distractors=(3, 7),
+        # Scene-dependent co-occurrence, stronger and different from scene to scene.
+        away_weight=0.02,
+        pair_boost=1.4,
+        extra_pairs=(
+            ("city", "blue square", "checkered red square", 0.6),
+            ("beach", "yellow star", "teal diamond", 0.6),
+            ("indoor", "white star", "striped blue circle", 0.6),
+            ("meadow", "red circle", "green diamond", 0.5),
+            ("night", "yellow star", "checkered white hexagon", 0.5),
+        ),
+        # Twins told apart by context: each imitates a category that lives in other scenes
+        # (orange circle: beach, red circle: meadow, city, indoor; and so on).
+        recolour=(
+            ("orange circle", "scarlet"),
+            ("orange triangle", "amber"),
+            ("pink cross", "crimson"),
+            ("green square", "navy"),
+        ),
+        # Appearance within a class: colour, shape, light.
+        colour_jitter=18.0,
+        stretch=(0.7, 1.4),
+        shading=0.35,
+    ),
+}
+
+
+def setting_categories(setting: Setting) -> tuple[Category, ...]:
+    """The categories as ``setting`` draws them: its twins take their new colour (and name)."""
+    recolour = dict(setting.recolour)
+    return tuple(
+        Category(c.id, c.shape, recolour[c.name], c.texture) if c.name in recolour else c
+        for c in CATEGORIES
+    )
+
+
+def colour_of(name: str) -> tuple[int, int, int]:
+    return COLOURS.get(name) or TWIN_COLOURS[name]
+
+
+def scene_category_weights(setting: Setting) -> np.ndarray:
+    """``[K, C]`` probability of each category being drawn in each scene, under ``setting``."""
+    weights = np.full((len(SCENES), len(CATEGORIES)), setting.away_weight)
+    for k, scene in enumerate(SCENES):
+        for name in scene.home:
+            weights[k, CATEGORY_INDEX[name]] = _HOME_WEIGHT
+    weights *= POPULARITY[None, :]
+    return weights / weights.sum(1, keepdims=True)
+
+
+def scene_pairs(setting: Setting, scene: int) -> tuple[tuple[int, int, float], ...]:
+    """``(a, b, p)`` category-index pairs of one scene under ``setting``."""
+    name = SCENES[scene].name
+    pairs = list(SCENES[scene].pairs) + [p[1:] for p in setting.extra_pairs if p[0] == name]
+    return tuple(
+        (CATEGORY_INDEX[a], CATEGORY_INDEX[b], min(0.95, p * setting.pair_boost))
+        for a, b, p in pairs
+    )
+
+
+SCENE_CATEGORY_WEIGHTS = scene_category_weights(SETTINGS["classic"])  # [K, C]

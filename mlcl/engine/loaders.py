@@ -62,6 +62,7 @@ def data_root(config: Config, context: DistributedContext | None = None) -> str:
                     data.synthetic_val,
                     data.synthetic_image_size,
                     data.synthetic_seed,
+                    data.synthetic_setting,
                 )
             )
         if context is not None:
