@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from torch import nn
 
 from mlcl.methods import Method
 from mlcl.models.cam import class_activation_map, grad_cam, normalize_maps
@@ -33,7 +34,10 @@ def evidence_maps(method: Method, images: torch.Tensor, pairs: torch.Tensor) -> 
         finer = [m[rows] for m in maps[:-1]]
         return grad_cam(maps[-1][rows], lambda last: method.model.classify([*finer, last]), classes)
     features = method.features(images)[rows]  # baseline, spml: [M, F, h, w]
-    return class_activation_map(features, method.classifier.weight, classes)
+    if isinstance(method.classifier, nn.Linear):
+        return class_activation_map(features, method.classifier.weight, classes)
+    # A hidden layer in the head (method.hidden_dim): CAM needs a linear one, Grad-CAM does not.
+    return grad_cam(features, lambda last: method.classifier(last.mean(dim=(2, 3))), classes)
 
 
 class Explainer:

@@ -416,3 +416,17 @@ def test_counts_are_summed_over_processes():
     expected = cooccurrence_increment(*_toy_batch(size=12))
     torch.testing.assert_close(counts[0], expected)
     torch.testing.assert_close(counts[1], expected)
+
+
+def test_no_graph_ablation_classifies_the_unpropagated_label_features():
+    """graph_steps=0 keeps the head's size but bypasses the graph: the logits no longer depend
+    on the scene's co-occurrence counts, which they do with the graph."""
+    batch = _image_batch()
+    for steps, depends_on_counts in ((3, True), (0, False)):
+        method = _tiny_method(**{"method.graph_steps": steps}).eval()
+        assert (method.model.graph is None) == (steps == 0)
+        with torch.no_grad():
+            before = method.model(batch["image"])["logits"]
+            method.model.cooccurrence.counts.uniform_(0, 5)
+            after = method.model(batch["image"])["logits"]
+        assert (not torch.allclose(before, after)) == depends_on_counts, steps

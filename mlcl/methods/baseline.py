@@ -1,5 +1,9 @@
 """The baseline every chapter is measured against: backbone → global average pooling → linear.
 
+``method.hidden_dim`` > 0 puts a hidden layer before the classifier: with the width that gives
+the head as many parameters as a semantic decoder, it separates what the decoder's attention
+brings from what its parameters bring (the ablation of chapter 03).
+
 Trained with binary cross-entropy or the asymmetric loss (ASL). In the single-positive setting the
 unobserved labels are zeros in ``batch["labels"]``: this is the assume-negative (AN) baseline.
 """
@@ -50,6 +54,7 @@ def classification_loss(
 @dataclass
 class BaselineOptions(ClassificationLossOptions):
     dropout: float = ranged(0.0, "[0, 1)")  # before the classifier
+    hidden_dim: int = ranged(0, ">= 0")  # 0: a linear classifier; else Linear-ReLU-Linear
 
 
 @register_method
@@ -62,7 +67,13 @@ class Baseline(Method):
         self.backbone = Backbone.from_config(config.model)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(self.options.dropout)
-        self.classifier = nn.Linear(self.backbone.num_features, num_classes)
+        features = self.backbone.num_features
+        hidden = getattr(self.options, "hidden_dim", 0)  # SinglePositive's options have none
+        self.classifier: nn.Module = nn.Linear(features, num_classes)
+        if hidden:
+            self.classifier = nn.Sequential(
+                nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
+            )
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The last feature map ``[B, F, h, w]``."""

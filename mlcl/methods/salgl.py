@@ -64,7 +64,7 @@ class SALGLOptions(ClassificationLossOptions):
     # Learned label embeddings (GloVe's size; no word vectors offline)
     embedding_dim: int = ranged(300, "> 0")
     attention_dim: int = ranged(1024, "> 0")
-    graph_steps: int = ranged(3, ">= 0")  # GGNN steps T
+    graph_steps: int = ranged(3, ">= 0")  # GGNN steps T; 0 = no graph (the ablation)
     # Transformer encoder over the tokens: 1 layer, 8 heads, FF 2048
     encoder_layers: int = ranged(1, ">= 0")
     encoder_heads: int = ranged(8, "> 0")

@@ -143,7 +143,9 @@ class SceneGraphModel(nn.Module):
         embedding_dim: size of the learned label embeddings (the reference code can also read
             GloVe / BERT vectors of the class names; offline, they are learned).
         attention_dim: rank of the bilinear attention (SALGL: 1024).
-        graph_steps: GGNN propagation steps (SALGL: 3).
+        graph_steps: GGNN propagation steps (SALGL: 3); 0 = no graph, the ablation: each label's
+            attended feature goes to the classifier unpropagated (fused with itself, so the head
+            keeps its size).
         soft: mix the scene graphs by ``q`` (soft) or take the most likely scene's (hard, the
             COCO configuration); the method updates the counts the same way.
         ignore_self, normalize: see :func:`conditional_probabilities`.
@@ -185,7 +187,7 @@ class SceneGraphModel(nn.Module):
         self.cooccurrence = SceneCooccurrence(num_scenes, num_classes, ignore_self, normalize)
         self.label_embeddings = nn.Parameter(torch.randn(num_classes, embedding_dim))
         self.attention = LowRankBilinearAttention(dim, embedding_dim, attention_dim)
-        self.graph = GatedGraphNetwork(dim, graph_steps, out_messages=True)
+        self.graph = GatedGraphNetwork(dim, graph_steps, out_messages=True) if graph_steps else None
         self.fuse = nn.Linear(2 * dim, dim)
         self.classifier = GroupWiseLinear(num_classes, dim)
 
@@ -206,7 +208,9 @@ class SceneGraphModel(nn.Module):
         label_graph = self.cooccurrence(scene_probs, self.soft)  # [B, C, C]
 
         label_features, attention = self.attention(tokens, self.label_embeddings)  # [B, C, F]
-        propagated = self.graph(label_features, label_graph)  # [B, C, F]
+        propagated = (
+            label_features if self.graph is None else self.graph(label_features, label_graph)
+        )  # [B, C, F]
         fused = torch.tanh(self.fuse(torch.cat([label_features, propagated], dim=-1)))
         return {
             "logits": self.classifier(fused),  # [B, C]
