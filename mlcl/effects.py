@@ -1,0 +1,297 @@
+"""The book's measured claims: each method against its baseline and its ablations, over seeds.
+
+A claim such as "SADCL beats Query2Label" is a measurement: the same budget for every variant,
+several seeds (each a different model initialisation and data order on the same data set), the
+mean and the spread, and a verdict that says whether the gap exceeds the spread. This module
+holds what the chapters and ``benchmarks/method_effects.py`` share:
+
+- ``BUDGET``: the overrides every variant trains under (the ``mechanisms`` built-in data, timm's
+  ``test_resnet`` at 64 px, the same epochs and batch);
+- ``VARIANTS``: each method and each ablation as a preset plus overrides;
+- ``COMPARISONS``: which variants a chapter compares and the claims (``a > b``) it tests;
+- ``train_variant`` (one seed; a run already finished with the same configuration is read back,
+  so a killed benchmark resumes where it stopped), ``Spread`` and ``verdict``.
+
+The number compared is the validation mAP after the last epoch. Nothing is chosen on the
+validation split: no best epoch, no early stopping, no seed left out.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlcl.config import Config, load_config
+
+BUDGET: dict[str, Any] = {
+    "data.dataset": "synthetic",
+    "data.root": "",
+    "data.synthetic_setting": "mechanisms",
+    "data.synthetic_train": 1200,
+    "data.synthetic_val": 500,
+    "data.synthetic_seed": 0,  # the data set is fixed; run.seed varies the rest
+    "data.synthetic_image_size": 64,
+    "data.image_size": 64,
+    "data.batch_size": 32,
+    "data.workers": 0,  # on 2 cores the main process decodes 64-px images fastest alone
+    "model.backbone": "test_resnet",
+    "model.pretrained": False,
+    "run.epochs": 6,
+    "run.ema": 0.0,  # the final weights are evaluated, at the end of a decaying schedule
+    "run.early_stop": 0,
+    "run.device": "cpu",
+    "run.progress": False,
+    "run.checkpoint": False,
+}
+METRIC = "final_map"  # of summary.json: the last epoch's validation mAP
+
+# The mechanisms data set's mean number of positives per image (k̂ of EPR / ROLE / Scob).
+EXPECTED_POSITIVES = 2.8
+SINGLE_POSITIVE = {
+    "method.expected_positives": EXPECTED_POSITIVES,
+    # One schedule for every single-positive variant (a label estimator refuses one-cycle).
+    "optim.schedule": "cosine",
+    "optim.warmup_epochs": 0.5,
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A method or an ablation of one: a preset and what changes in it."""
+
+    name: str
+    preset: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Variants a chapter compares at equal budget, and the claims ``(better, worse)`` tested."""
+
+    name: str
+    chapter: str
+    variants: tuple[str, ...]
+    claims: tuple[tuple[str, str], ...]
+
+
+def _variants(*variants: Variant) -> dict[str, Variant]:
+    return {variant.name: variant for variant in variants}
+
+
+VARIANTS = _variants(
+    Variant("baseline", "baseline-quick", {}, "global average pooling, linear classifier"),
+    Variant(
+        "baseline + decoder-sized head",
+        "baseline-quick",
+        {"method.hidden_dim": "match:q2l"},
+        "global pooling, a hidden layer giving the head as many parameters as q2l's decoder",
+    ),
+    Variant("q2l", "q2l-quick", {}, "semantic decoder: one query per class attends the map"),
+    Variant("mulcon", "mulcon-quick", {}, "label-level attention + supervised contrastive"),
+    Variant(
+        "mulcon, contrastive weight 0",
+        "mulcon-quick",
+        {"method.contrastive_weight": 0.0},
+        "the same model and schedule without the contrastive term",
+    ),
+    Variant("sadcl", "sadcl-quick", {}, "q2l + SSCL + PSCL"),
+    Variant("sadcl without SSCL", "sadcl-quick", {"method.sscl_weight": 0.0}, "PSCL alone"),
+    Variant("sadcl without PSCL", "sadcl-quick", {"method.pscl_weight": 0.0}, "SSCL alone"),
+    Variant(
+        "sadcl without both",
+        "sadcl-quick",
+        {"method.sscl_weight": 0.0, "method.pscl_weight": 0.0},
+        "SADCL's model and schedule, ASL alone",
+    ),
+    Variant("salgl", "salgl-quick", {}, "K = 6 latent scenes, one label graph per scene"),
+    Variant("salgl, 1 scene", "salgl-quick", {"method.num_scenes": 1}, "one global label graph"),
+    Variant("salgl, no graph", "salgl-quick", {"method.graph_steps": 0}, "label features alone"),
+    Variant("AN", "spml-quick", {"method.loss": "an"} | SINGLE_POSITIVE, "assume negative"),
+    Variant("EM", "spml-quick", {"method.loss": "em"} | SINGLE_POSITIVE, "entropy maximisation"),
+    Variant("ROLE", "spml-quick", {"method.loss": "role"} | SINGLE_POSITIVE, "learned estimates"),
+    Variant("scob", "scob-quick", SINGLE_POSITIVE, "ROLE-style estimates + semantic contrast"),
+    Variant(
+        "scob without contrast",
+        "scob-quick",
+        {"method.contrastive_weight": 0.0} | SINGLE_POSITIVE,
+        "the contrastive phase contributes nothing",
+    ),
+    Variant(
+        "scob without bootstrapping",
+        "scob-quick",
+        {"method.lr_scale_estimator": 0.0} | SINGLE_POSITIVE,
+        "the label estimates stay at their start (observed positives only)",
+    ),
+)
+
+COMPARISONS = (
+    Comparison(
+        "semantic decoder",
+        "03_semantic_decoder",
+        ("baseline", "baseline + decoder-sized head", "q2l"),
+        (("q2l", "baseline"), ("q2l", "baseline + decoder-sized head")),
+    ),
+    Comparison(
+        "mulcon",
+        "04_mulcon",
+        ("baseline", "mulcon, contrastive weight 0", "mulcon"),
+        (("mulcon", "baseline"), ("mulcon", "mulcon, contrastive weight 0")),
+    ),
+    Comparison(
+        "sadcl",
+        "06_pscl_and_sadcl",
+        ("q2l", "sadcl without both", "sadcl without SSCL", "sadcl without PSCL", "sadcl"),
+        (
+            ("sadcl", "q2l"),
+            ("sadcl", "sadcl without both"),
+            ("sadcl", "sadcl without SSCL"),
+            ("sadcl", "sadcl without PSCL"),
+        ),
+    ),
+    Comparison(
+        "salgl",
+        "07_scene_graph",
+        ("baseline", "salgl, no graph", "salgl, 1 scene", "salgl"),
+        (("salgl", "baseline"), ("salgl", "salgl, 1 scene"), ("salgl", "salgl, no graph")),
+    ),
+    Comparison(
+        "single positive",
+        "08_single_positive_bootstrapping",
+        ("AN", "EM", "ROLE", "scob without bootstrapping", "scob without contrast", "scob"),
+        (
+            ("scob", "ROLE"),
+            ("ROLE", "AN"),
+            ("scob", "scob without contrast"),
+            ("scob", "scob without bootstrapping"),
+        ),
+    ),
+)
+
+
+# --------------------------------------------------------------------------- configurations
+
+
+def variant_config(
+    variant: Variant | str, seed: int, out_dir: str | Path, budget: dict[str, Any] | None = None
+) -> Config:
+    """The configuration of one seed of ``variant``: its preset, ``BUDGET`` (or ``budget``),
+    its own overrides, the seed and the run folder."""
+    variant = VARIANTS[variant] if isinstance(variant, str) else variant
+    budget = BUDGET if budget is None else budget
+    overrides = dict(budget)
+    for key, value in variant.overrides.items():
+        overrides[key] = _resolve(value, budget)
+    overrides |= {"run.seed": seed, "run.out_dir": str(out_dir)}
+    return load_config(variant.preset, overrides)
+
+
+def _resolve(value: Any, budget: dict[str, Any]) -> Any:
+    """``"match:q2l"``: the hidden width that gives a baseline head the parameters of q2l's."""
+    if isinstance(value, str) and value.startswith("match:"):
+        return matched_hidden_dim(VARIANTS[value.removeprefix("match:")], budget)
+    return value
+
+
+def matched_hidden_dim(reference: Variant, budget: dict[str, Any], num_classes: int = 24) -> int:
+    """Width ``H`` of a baseline's hidden layer (``F·H + H + H·C + C`` parameters) nearest to the
+    parameters ``reference`` has beyond its backbone."""
+    from mlcl.methods import build_method
+
+    config = variant_config(reference, 0, "unused", budget)
+    method = build_method(config, num_classes=num_classes, num_train_images=1)
+    total = sum(p.numel() for p in method.parameters())
+    backbone = next(m for m in method.modules() if type(m).__name__ == "Backbone")
+    head = total - sum(p.numel() for p in backbone.parameters())
+    features = backbone.num_features
+    return max(1, round((head - num_classes) / (features + 1 + num_classes)))
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def train_variant(
+    variant: Variant | str, seed: int, root: str | Path, budget: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Train one seed of ``variant`` into ``root/<variant>/seed<seed>`` and return its summary;
+    a run that already finished there with the same configuration is read back instead."""
+    from mlcl.engine import fit
+    from mlcl.methods import resolve_config
+
+    variant = VARIANTS[variant] if isinstance(variant, str) else variant
+    out_dir = run_dir(root, variant.name, seed)
+    config = variant_config(variant, seed, out_dir, budget)
+    summary_file = out_dir / "summary.json"
+    if summary_file.is_file():
+        summary = json.loads(summary_file.read_text())
+        if summary.get("config_hash") == resolve_config(config).hash():
+            return summary
+    return fit(config)
+
+
+def run_dir(root: str | Path, name: str, seed: int) -> Path:
+    """``root/<variant name as a folder name>/seed<seed>``."""
+    folder = "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
+    return Path(root) / folder / f"seed{seed}"
+
+
+def epoch_curve(out_dir: str | Path) -> list[float]:
+    """The validation mAP after each epoch of the run in ``out_dir``."""
+    lines = (Path(out_dir) / "metrics.jsonl").read_text().splitlines()
+    return [record["mAP"] for record in map(json.loads, lines) if "mAP" in record]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Mean and sample standard deviation of one variant's per-seed values."""
+
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else float("nan")
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} ± {self.std:.2f}"
+
+
+def verdict(better: Spread, worse: Spread) -> str:
+    """``wins`` when the gap of the means exceeds the larger standard deviation, ``loses`` when
+    it does the other way, else ``within the spread``."""
+    gap, spread = better.mean - worse.mean, max(better.std, worse.std)
+    if gap > spread:
+        return "wins"
+    if -gap > spread:
+        return "loses"
+    return "within the spread"
+
+
+def claim_rows(comparison: Comparison, spreads: dict[str, Spread]) -> list[dict[str, Any]]:
+    """One row per claim of ``comparison``: both sides, the gap, the larger spread, the verdict."""
+    rows = []
+    for better, worse in comparison.claims:
+        a, b = spreads[better], spreads[worse]
+        rows.append(
+            {
+                "claim": f"{better} > {worse}",
+                "better": better,
+                "worse": worse,
+                "gap": a.mean - b.mean,
+                "larger_std": max(a.std, b.std),
+                "verdict": verdict(a, b),
+            }
+        )
+    return rows
+
+
+def seeds_of(seeds: int | Sequence[int]) -> list[int]:
+    """``3`` → ``[0, 1, 2]``; a list is kept as it is."""
+    return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
