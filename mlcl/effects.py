@@ -201,11 +201,12 @@ def matched_hidden_dim(reference: Variant, budget: dict[str, Any], num_classes: 
     """Width ``H`` of a baseline's hidden layer (``F·H + H + H·C + C`` parameters) nearest to the
     parameters ``reference`` has beyond its backbone."""
     from mlcl.methods import build_method
+    from mlcl.models import Backbone
 
     config = variant_config(reference, 0, "unused", budget)
     method = build_method(config, num_classes=num_classes, num_train_images=1)
     total = sum(p.numel() for p in method.parameters())
-    backbone = next(m for m in method.modules() if type(m).__name__ == "Backbone")
+    backbone = next(m for m in method.modules() if isinstance(m, Backbone))
     head = total - sum(p.numel() for p in backbone.parameters())
     features = backbone.num_features
     return max(1, round((head - num_classes) / (features + 1 + num_classes)))

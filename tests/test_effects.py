@@ -1,0 +1,113 @@
+"""The book's measured comparisons (mlcl.effects): every variant is a valid configuration of the
+budget, the decoder-sized head matches the decoder, spreads and verdicts, and runs read back."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mlcl.effects import (
+    BUDGET,
+    COMPARISONS,
+    VARIANTS,
+    Spread,
+    claim_rows,
+    epoch_curve,
+    matched_hidden_dim,
+    run_dir,
+    train_variant,
+    variant_config,
+    verdict,
+)
+from mlcl.methods import build_method, method_options, resolve_config
+from mlcl.models import Backbone
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_variant_is_its_preset_under_the_budget(name, tmp_path):
+    config = resolve_config(variant_config(name, 2, tmp_path / "run"))
+    assert config.run.seed == 2 and config.run.out_dir == str(tmp_path / "run")
+    assert config.model.backbone == BUDGET["model.backbone"]
+    assert config.data.synthetic_setting == "mechanisms"
+    assert (config.run.epochs, config.data.image_size) == (
+        BUDGET["run.epochs"],
+        BUDGET["data.image_size"],
+    )
+    options = method_options(config)
+    for key, value in VARIANTS[name].overrides.items():
+        if key.startswith("method.") and not str(value).startswith("match:"):
+            assert getattr(options, key.removeprefix("method.")) == value, key
+
+
+def test_every_comparison_names_known_variants_and_claims_among_them():
+    assert {c.chapter[:2] for c in COMPARISONS} >= {"03", "04", "06", "07", "08"}
+    for comparison in COMPARISONS:
+        assert set(comparison.variants) <= set(VARIANTS)
+        for better, worse in comparison.claims:
+            assert {better, worse} <= set(comparison.variants)
+
+
+def test_the_decoder_sized_head_has_the_decoders_parameters():
+    width = matched_hidden_dim(VARIANTS["q2l"], BUDGET)
+
+    def head_parameters(name: str) -> int:
+        method = build_method(variant_config(name, 0, "unused"), num_classes=24, num_train_images=1)
+        backbone = next(m for m in method.modules() if isinstance(m, Backbone))
+        backbone = sum(p.numel() for p in backbone.parameters())
+        return sum(p.numel() for p in method.parameters()) - backbone
+
+    config = variant_config("baseline + decoder-sized head", 0, "unused")
+    assert method_options(config).hidden_dim == width
+    decoder, head = head_parameters("q2l"), head_parameters("baseline + decoder-sized head")
+    assert abs(head - decoder) / decoder < 0.01
+
+
+def test_spread_is_the_mean_and_sample_deviation():
+    spread = Spread((1.0, 2.0, 6.0))
+    assert spread.mean == 3.0
+    assert math.isclose(spread.std, math.sqrt(((1 - 3) ** 2 + (2 - 3) ** 2 + (6 - 3) ** 2) / 2))
+    assert str(spread) == "3.00 ± 2.65"
+    assert math.isnan(Spread((4.0,)).std)
+
+
+def test_verdict_compares_the_gap_with_the_larger_spread():
+    tight, loose = Spread((10.0, 10.2, 9.8)), Spread((8.0, 12.0, 10.0))
+    assert verdict(Spread((12.0, 12.2, 11.8)), tight) == "wins"
+    assert verdict(tight, Spread((12.0, 12.2, 11.8))) == "loses"
+    assert verdict(Spread((12.0, 12.2, 11.8)), loose) == "within the spread"  # gap 2 = std 2
+    comparison = COMPARISONS[0]
+    spreads = {name: tight for name in comparison.variants} | {"q2l": Spread((13.0, 13.0, 13.0))}
+    rows = claim_rows(comparison, spreads)
+    assert [row["claim"] for row in rows] == [f"{a} > {b}" for a, b in comparison.claims]
+    assert all(row["verdict"] == "wins" and math.isclose(row["gap"], 3.0) for row in rows)
+
+
+def test_run_folders_are_plain_names():
+    assert run_dir("root", "baseline + decoder-sized head", 1).as_posix() == (
+        "root/baseline-decoder-sized-head/seed1"
+    )
+    assert run_dir("root", "mulcon, contrastive weight 0", 0).parent.name == (
+        "mulcon-contrastive-weight-0"
+    )
+
+
+def test_a_finished_run_is_read_back_and_a_changed_one_trained_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLCL_DATA_DIR", str(tmp_path / "data"))
+    budget = BUDGET | {
+        "data.synthetic_train": 24,
+        "data.synthetic_val": 12,
+        "data.synthetic_image_size": 32,
+        "data.image_size": 32,
+        "data.batch_size": 8,
+        "run.epochs": 1,
+    }
+    first = train_variant("baseline", 0, tmp_path / "runs", budget)
+    out = run_dir(tmp_path / "runs", "baseline", 0)
+    assert len(epoch_curve(out)) == 1 and epoch_curve(out)[0] == first["final_map"]
+    stamp = (out / "summary.json").stat().st_mtime_ns
+    again = train_variant("baseline", 0, tmp_path / "runs", budget)
+    assert (again["final_map"], again["config_hash"]) == (first["final_map"], first["config_hash"])
+    assert (out / "summary.json").stat().st_mtime_ns == stamp  # read back, not trained
+    train_variant("baseline", 0, tmp_path / "runs", budget | {"optim.lr": 3e-4})
+    assert (out / "summary.json").stat().st_mtime_ns != stamp  # another configuration
