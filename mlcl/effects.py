@@ -84,7 +84,8 @@ def _variants(*variants: Variant) -> dict[str, Variant]:
 
 
 VARIANTS = _variants(
-    Variant("baseline", "baseline-quick", {}, "global average pooling, linear classifier"),
+    Variant("baseline", "baseline-quick", {}, "global average pooling, linear classifier, ASL"),
+    Variant("baseline, BCE", "baseline-quick", {"method.loss": "bce"}, "the same, with BCE"),
     Variant(
         "baseline + decoder-sized head",
         "baseline-quick",
@@ -131,6 +132,12 @@ VARIANTS = _variants(
 
 COMPARISONS = (
     Comparison(
+        "asymmetric loss",
+        "02_backbone_and_baseline",
+        ("baseline, BCE", "baseline"),
+        (("baseline", "baseline, BCE"),),
+    ),
+    Comparison(
         "semantic decoder",
         "03_semantic_decoder",
         ("baseline", "baseline + decoder-sized head", "q2l"),
@@ -141,6 +148,12 @@ COMPARISONS = (
         "04_mulcon",
         ("baseline", "mulcon, contrastive weight 0", "mulcon"),
         (("mulcon", "baseline"), ("mulcon", "mulcon, contrastive weight 0")),
+    ),
+    Comparison(
+        "sscl",
+        "05_sscl",
+        ("q2l", "sadcl without PSCL"),
+        (("sadcl without PSCL", "q2l"),),
     ),
     Comparison(
         "sadcl",
@@ -296,3 +309,103 @@ def claim_rows(comparison: Comparison, spreads: dict[str, Spread]) -> list[dict[
 def seeds_of(seeds: int | Sequence[int]) -> list[int]:
     """``3`` → ``[0, 1, 2]``; a list is kept as it is."""
     return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+
+
+# --------------------------------------------------------------------------- chapters
+
+
+def comparison_named(name: str) -> Comparison:
+    """The comparison called ``name`` (a ``KeyError`` lists the known ones)."""
+    for comparison in COMPARISONS:
+        if comparison.name == name:
+            return comparison
+    raise KeyError(f"no comparison {name!r} (known: {', '.join(c.name for c in COMPARISONS)})")
+
+
+def load_record(path: str | Path) -> dict[str, Any] | None:
+    """The benchmark's record (``benchmarks/results/method_effects.json``), or None if absent."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def recorded_spreads(record: dict[str, Any], comparison: Comparison) -> dict[str, Spread] | None:
+    """Each variant of ``comparison`` as the record has it; None if one is missing."""
+    variants = record["variants"]
+    if not all(name in variants for name in comparison.variants):
+        return None
+    return {name: Spread(tuple(variants[name]["values"])) for name in comparison.variants}
+
+
+def train_comparison(
+    comparison: Comparison,
+    seeds: int | Sequence[int],
+    root: str | Path,
+    budget: dict[str, Any] | None = None,
+) -> dict[str, Spread]:
+    """Train every variant of ``comparison`` for ``seeds`` (seed-major) and summarise them."""
+    values: dict[str, list[float]] = {name: [] for name in comparison.variants}
+    for seed in seeds_of(seeds):
+        for name in comparison.variants:
+            values[name].append(train_variant(name, seed, root, budget)[METRIC])
+    return {name: Spread(tuple(v)) for name, v in values.items()}
+
+
+def spreads_table(comparison: Comparison, spreads: dict[str, Spread]) -> list[dict[str, Any]]:
+    """Rows for a table: each variant's mean, standard deviation, seeds and description."""
+    return [
+        {
+            "variant": name,
+            "mAP mean": spreads[name].mean,
+            "std": spreads[name].std,
+            "per seed": ", ".join(f"{value:.2f}" for value in spreads[name].values),
+            "what it is": VARIANTS[name].description,
+        }
+        for name in comparison.variants
+    ]
+
+
+def plot_spreads(axis: Any, comparison: Comparison, spreads: dict[str, Spread]) -> None:
+    """Bars of the means with standard-deviation error bars, and a dot per seed."""
+    names = list(comparison.variants)
+    positions = list(range(len(names)))
+    axis.bar(
+        positions,
+        [spreads[n].mean for n in names],
+        yerr=[spreads[n].std for n in names],
+        capsize=4,
+        color="tab:blue",
+        alpha=0.6,
+    )
+    for position, name in zip(positions, names):
+        values = spreads[name].values
+        axis.scatter([position] * len(values), values, s=12, color="black", zorder=3)
+    every = [value for name in names for value in spreads[name].values]
+    axis.set_ylim(min(every) - 3, max(every) + 2)
+    axis.set_xticks(positions, names, rotation=30, ha="right")
+    axis.set_ylabel("final mAP (bars: mean ± std; dots: seeds)")
+    axis.set_title(comparison.name)
+
+
+def claim_sentences(comparison: Comparison, spreads: dict[str, Spread]) -> str:
+    """The result of each claim in words, with its numbers, for the chapter's prose."""
+    seeds = len(next(iter(spreads.values())).values)
+    sentences = []
+    for row in claim_rows(comparison, spreads):
+        better, worse, gap, spread = row["better"], row["worse"], row["gap"], row["larger_std"]
+        if row["verdict"] == "wins":
+            text = (
+                f"{better} beats {worse} by {gap:.2f} mAP, more than the larger standard "
+                f"deviation ({spread:.2f})"
+            )
+        elif row["verdict"] == "loses":
+            text = (
+                f"{better} does not beat {worse}: it trails by {-gap:.2f} mAP, more than the "
+                f"larger standard deviation ({spread:.2f})"
+            )
+        else:
+            text = (
+                f"{better} against {worse} differ by {gap:+.2f} mAP, inside the larger standard "
+                f"deviation ({spread:.2f}): these seeds do not decide it"
+            )
+        sentences.append(text)
+    return f"Over {seeds} seeds, " + "; ".join(sentences) + "."

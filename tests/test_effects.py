@@ -3,6 +3,7 @@ budget, the decoder-sized head matches the decoder, spreads and verdicts, and ru
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -13,9 +14,15 @@ from mlcl.effects import (
     VARIANTS,
     Spread,
     claim_rows,
+    claim_sentences,
+    comparison_named,
     epoch_curve,
+    load_record,
     matched_hidden_dim,
+    plot_spreads,
+    recorded_spreads,
     run_dir,
+    spreads_table,
     train_variant,
     variant_config,
     verdict,
@@ -41,7 +48,7 @@ def test_every_variant_is_its_preset_under_the_budget(name, tmp_path):
 
 
 def test_every_comparison_names_known_variants_and_claims_among_them():
-    assert {c.chapter[:2] for c in COMPARISONS} >= {"03", "04", "06", "07", "08"}
+    assert {c.chapter[:2] for c in COMPARISONS} == {"02", "03", "04", "05", "06", "07", "08"}
     for comparison in COMPARISONS:
         assert set(comparison.variants) <= set(VARIANTS)
         for better, worse in comparison.claims:
@@ -111,3 +118,38 @@ def test_a_finished_run_is_read_back_and_a_changed_one_trained_again(tmp_path, m
     assert (out / "summary.json").stat().st_mtime_ns == stamp  # read back, not trained
     train_variant("baseline", 0, tmp_path / "runs", budget | {"optim.lr": 3e-4})
     assert (out / "summary.json").stat().st_mtime_ns != stamp  # another configuration
+
+
+def test_a_chapter_reads_its_comparison_from_the_record_and_states_it_in_words(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    comparison = comparison_named("semantic decoder")
+    values = {"baseline": [50.0, 51.0, 49.0], "baseline + decoder-sized head": [53.0, 55.5, 53.0]}
+    values["q2l"] = [55.0, 56.0, 54.0]
+    record = {"variants": {name: {"values": v} for name, v in values.items()}}
+    path = tmp_path / "method_effects.json"
+    path.write_text(json.dumps(record))
+    spreads = recorded_spreads(load_record(path), comparison)
+    assert spreads["q2l"].mean == 55.0
+    sentence = claim_sentences(comparison, spreads)
+    assert sentence.startswith("Over 3 seeds, q2l beats baseline by 5.00 mAP")
+    assert "q2l against baseline + decoder-sized head differ by +1.17 mAP, inside" in sentence
+    losing = dict(spreads) | {"q2l": Spread((40.0, 40.5, 41.0))}
+    assert "q2l does not beat baseline: it trails by 9.50 mAP" in claim_sentences(
+        comparison, losing
+    )
+    rows = spreads_table(comparison, spreads)
+    assert [row["variant"] for row in rows] == list(comparison.variants)
+    assert rows[0]["per seed"] == "50.00, 51.00, 49.00"
+    figure, axis = plt.subplots()
+    plot_spreads(axis, comparison, spreads)
+    assert len(axis.patches) == len(comparison.variants)  # one bar per variant
+    plt.close(figure)
+    assert load_record(tmp_path / "absent.json") is None
+    del record["variants"]["q2l"]
+    assert recorded_spreads(record, comparison) is None
+    with pytest.raises(KeyError, match="no comparison 'nonsense'"):
+        comparison_named("nonsense")
