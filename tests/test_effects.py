@@ -83,7 +83,7 @@ def test_verdict_compares_the_gap_with_the_larger_spread():
     assert verdict(Spread((12.0, 12.2, 11.8)), tight) == "wins"
     assert verdict(tight, Spread((12.0, 12.2, 11.8))) == "loses"
     assert verdict(Spread((12.0, 12.2, 11.8)), loose) == "within the spread"  # gap 2 = std 2
-    comparison = COMPARISONS[0]
+    comparison = comparison_named("semantic decoder")
     spreads = {name: tight for name in comparison.variants} | {"q2l": Spread((13.0, 13.0, 13.0))}
     rows = claim_rows(comparison, spreads)
     assert [row["claim"] for row in rows] == [f"{a} > {b}" for a, b in comparison.claims]
