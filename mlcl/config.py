@@ -134,6 +134,11 @@ class ModelConfig:
     pretrained_file: str = ""  # or from a local file (.pth / .safetensors)
     # 0: the backbone's own (32 for ResNets); 16 or 8 dilate the last stages
     output_stride: int = ranged(0, ">= 0")
+    # The first backbone stages (the stem is stage 1) whose weights stay fixed: 0 none; 2 the stem
+    # and the first residual stage, as SADCL's / Query2Label's code trains a ResNet (layer2-4)
+    frozen_stages: int = ranged(0, ">= 0")
+    # BatchNorm with fixed statistics and affine weights (x · scale + shift), as in that code
+    frozen_batchnorm: bool = False
 
 
 @dataclass

@@ -18,11 +18,42 @@ if TYPE_CHECKING:
     from mlcl.config import ModelConfig
 
 
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm whose statistics and affine parameters stay fixed: ``x · scale + shift``.
+
+    DETR's, Query2Label's and SADCL's ResNets normalise this way. Unlike a BatchNorm in eval mode,
+    which still saves its input for a backward that would give the frozen weights a gradient,
+    this multiplies by a constant: autograd saves nothing of the activation. A module becomes
+    one by changing its class (:func:`freeze_batchnorm`), so its state-dict keys (and
+    ``num_batches_tracked``) are those of the BatchNorm it was.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Turn every ``BatchNorm2d`` of ``module`` into a :class:`FrozenBatchNorm2d` (in place)."""
+    for child in module.modules():
+        if type(child) is nn.BatchNorm2d and child.affine and child.track_running_stats:
+            child.__class__ = FrozenBatchNorm2d
+            child.requires_grad_(False)
+
+
 class Backbone(nn.Module):
     """A timm model cut before its classifier, returning the feature maps of ``out_indices``.
 
     ``channels[i]`` and ``strides[i]`` describe the i-th returned map: a ResNet-101 at 448 px gives
     its last map with 2048 channels at stride 32, i.e. ``[B, 2048, 14, 14]``.
+
+    ``frozen_stages``: the first stages (timm's feature stages, the stem being the first) keep
+    their weights: no gradient, no optimiser state, and, with nothing trainable before them, no
+    activation saved for backward. 2 = the stem and the first residual stage, as DETR's,
+    Query2Label's and SADCL's code train a ResNet (layer2-4 only). ``frozen_batchnorm``: every
+    BatchNorm keeps its (pretrained) statistics and affine weights (:class:`FrozenBatchNorm2d`),
+    as in that code. Both need pretrained weights to make sense.
     """
 
     def __init__(
@@ -32,6 +63,8 @@ class Backbone(nn.Module):
         pretrained_file: str = "",
         out_indices: Sequence[int] = (-1,),
         output_stride: int = 0,
+        frozen_stages: int = 0,
+        frozen_batchnorm: bool = False,
     ) -> None:
         super().__init__()
         kwargs = {}
@@ -58,6 +91,23 @@ class Backbone(nn.Module):
         data_config = timm.data.resolve_data_config({}, model=self.body)
         self.mean: tuple[float, ...] = tuple(data_config["mean"])
         self.std: tuple[float, ...] = tuple(data_config["std"])
+        if frozen_batchnorm:
+            freeze_batchnorm(self.body)
+        if frozen_stages:
+            self._freeze_stages(frozen_stages)
+
+    def _freeze_stages(self, stages: int) -> None:
+        """``requires_grad = False`` for the body's modules up to the end of stage ``stages``."""
+        info = self.body.feature_info.info  # every stage, whatever out_indices returns
+        if stages > len(info):
+            raise ConfigError(
+                f"model.frozen_stages: {stages}, but the backbone has {len(info)} stages"
+            )
+        last = info[stages - 1]["module"].replace(".", "_")  # timm's FeatureListNet names
+        for name, child in self.body.named_children():
+            child.requires_grad_(False)
+            if name == last:
+                break
 
     @classmethod
     def from_config(cls, model: ModelConfig, out_indices: Sequence[int] = (-1,)) -> Self:
@@ -69,6 +119,8 @@ class Backbone(nn.Module):
             model.pretrained_file,
             out_indices=out_indices,
             output_stride=model.output_stride,
+            frozen_stages=model.frozen_stages,
+            frozen_batchnorm=model.frozen_batchnorm,
         )
 
     @property
