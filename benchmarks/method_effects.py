@@ -14,6 +14,9 @@ configuration and trains only the others.
 
 ``--only`` limits it to some comparisons; ``--set KEY=VALUE`` changes the budget (a smoke run:
 ``--set run.epochs=1 data.synthetic_train=200``); results of a changed budget say so.
+``--add VARIANT ...`` trains only those variants (new ones, e.g. a method tuned on the holdout
+split by ``benchmarks/holdout_tuning.py``) and adds them to the existing record, whose other
+variants stay as they were measured; it refuses a record of another budget or other seeds.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default="runs/method-effects", help="where the runs go")
     parser.add_argument("--out", default=str(RESULTS), help="results path without suffix")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="budget")
+    parser.add_argument("--add", nargs="+", default=None, metavar="VARIANT", help="add to record")
     args = parser.parse_args(argv)
 
     budget = dict(BUDGET)
@@ -68,20 +72,30 @@ def main(argv: list[str] | None = None) -> int:
         )
     names = list(dict.fromkeys(v for c in comparisons for v in c.variants))
     seeds = seeds_of(args.seeds)
+    command = shlex.join(["python", "benchmarks/method_effects.py", *(argv or sys.argv[1:])])
 
-    record = {
-        "command": shlex.join(["python", "benchmarks/method_effects.py", *(argv or sys.argv[1:])]),
-        "started": _now(),
-        "machine": _machine(),
-        "git_commit": _git_commit(),
-        "budget": budget,
-        "budget_changed": {k: v for k, v in budget.items() if BUDGET.get(k) != v},
-        "metric": METRIC,
-        "seeds": seeds,
-        "variants": {},
-        "comparisons": [],
-    }
-    runs: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in names}
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    if args.add:
+        record = _record_to_add_to(parser, args, budget, seeds)
+        record.setdefault("additions", []).append(
+            {"command": command, "variants": args.add, "started": now(), "git_commit": git_commit()}
+        )
+        runs = _measured_runs(record, keep=set(record["variants"]) - set(args.add))
+        names = list(args.add)
+    else:
+        record = {
+            "command": command,
+            "started": now(),
+            "machine": machine_info(),
+            "git_commit": git_commit(),
+            "budget": budget,
+            "budget_changed": {k: v for k, v in budget.items() if BUDGET.get(k) != v},
+            "metric": METRIC,
+            "seeds": seeds,
+            "variants": {},
+            "comparisons": [],
+        }
+    runs |= {name: {} for name in names}
     for seed in seeds:
         for name in names:
             summary = train_variant(name, seed, args.root, budget)
@@ -93,10 +107,45 @@ def main(argv: list[str] | None = None) -> int:
             }
             print(f"{name:<32} seed {seed}  mAP {summary[METRIC]:6.2f}", flush=True)
             _write(record, runs, comparisons, Path(args.out))
-    record["finished"] = _now()
+    (record["additions"][-1] if args.add else record)["finished"] = now()
     _write(record, runs, comparisons, Path(args.out))
     print(f"wrote {args.out}.json and {args.out}.md")
     return 0
+
+
+def _record_to_add_to(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, budget: dict, seeds: list[int]
+) -> dict[str, Any]:
+    """The record ``--add`` extends, checked: it exists, and its budget and seeds are these."""
+    path = Path(args.out).with_suffix(".json")
+    if args.only is not None:
+        parser.error("--add extends the whole record: leave out --only")
+    unknown = [name for name in args.add if name not in VARIANTS]
+    if unknown:
+        parser.error(f"--add: no variant {', '.join(map(repr, unknown))} in mlcl.effects.VARIANTS")
+    if not path.is_file():
+        parser.error(f"--add: {path} does not exist; run the whole benchmark first")
+    record = json.loads(path.read_text())
+    if record["budget"] != budget or record["seeds"] != seeds:
+        parser.error(
+            f"--add: {path} was measured with another budget or seeds ({record['seeds']}); "
+            "its variants and the added ones would not compare: run the whole benchmark"
+        )
+    return record
+
+
+def _measured_runs(record: dict[str, Any], keep: set[str]) -> dict[str, dict[int, dict]]:
+    """The per-seed runs of the record's variants in ``keep``, as ``main`` collects them."""
+    return {
+        name: {
+            seed: {"value": value, "seconds": seconds, "curve": curve}
+            for seed, value, seconds, curve in zip(
+                variant["seeds"], variant["values"], variant["seconds"], variant["curves"]
+            )
+        }
+        for name, variant in record["variants"].items()
+        if name in keep
+    }
 
 
 def _write(record: dict, runs: dict, comparisons: list, out: Path) -> None:
@@ -130,8 +179,8 @@ def _write(record: dict, runs: dict, comparisons: list, out: Path) -> None:
         for c in comparisons
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out.with_suffix(".json"), json.dumps(record, indent=1, default=str) + "\n")
-    _atomic_write(out.with_suffix(".md"), _markdown(record))
+    atomic_write(out.with_suffix(".json"), json.dumps(record, indent=1, default=str) + "\n")
+    atomic_write(out.with_suffix(".md"), _markdown(record))
 
 
 def _markdown(record: dict) -> str:
@@ -151,6 +200,11 @@ def _markdown(record: dict) -> str:
     ]
     if record["budget_changed"]:
         lines.append(f"**Budget changed from the chapters'**: {record['budget_changed']}.")
+    for addition in record.get("additions", []):
+        lines.append(
+            f"Added later by `{addition['command']}` (commit {addition['git_commit']}, finished "
+            f"{addition.get('finished', '(still running)')}): {', '.join(addition['variants'])}."
+        )
     for comparison in record["comparisons"]:
         lines += ["", f"## {comparison['name']} (chapter {comparison['chapter'][:2]})", ""]
         lines += ["| variant | mAP mean ± std | per seed | s / run | what it is |"]
@@ -188,13 +242,13 @@ def _budget_text(budget: dict[str, Any]) -> str:
     return ", ".join(f"`{key}={budget[key]}`" for key in keys)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(text)
     os.replace(partial, path)
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
     model = (
         next(
             (
@@ -217,7 +271,7 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
@@ -226,7 +280,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 

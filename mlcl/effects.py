@@ -23,7 +23,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mlcl.config import Config, load_config
 
@@ -233,11 +233,21 @@ def matched_hidden_dim(reference: Variant, budget: dict[str, Any], num_classes: 
 
 
 def train_variant(
-    variant: Variant | str, seed: int, root: str | Path, budget: dict[str, Any] | None = None
+    variant: Variant | str,
+    seed: int,
+    root: str | Path,
+    budget: dict[str, Any] | None = None,
+    split: Literal["val", "holdout"] = "val",
 ) -> dict[str, Any]:
     """Train one seed of ``variant`` into ``root/<variant>/seed<seed>`` and return its summary;
-    a run that already finished there with the same configuration is read back instead."""
+    a run that already finished there with the same configuration is read back instead.
+
+    ``split="holdout"`` scores every epoch on the training images ``data.holdout`` keeps out of
+    training instead of the validation split: a choice of hyper-parameters is made there, so the
+    validation split never takes part in one.
+    """
     from mlcl.engine import fit
+    from mlcl.engine.loaders import build_split, data_root
     from mlcl.methods import resolve_config
 
     variant = VARIANTS[variant] if isinstance(variant, str) else variant
@@ -248,7 +258,14 @@ def train_variant(
         summary = json.loads(summary_file.read_text())
         if summary.get("config_hash") == resolve_config(config).hash():
             return summary
-    return fit(config)
+    if split == "val":
+        return fit(config)
+    data = data_root(config)
+    return fit(
+        config,
+        train_dataset=build_split(config, "train", data),
+        val_dataset=build_split(config, "holdout", data),
+    )
 
 
 def run_dir(root: str | Path, name: str, seed: int) -> Path:

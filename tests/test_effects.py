@@ -3,12 +3,15 @@ budget, the decoder-sized head matches the decoder, spreads and verdicts, and ru
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from mlcl.effects import (
+    BOOK_DATA,
     BUDGET,
     COMPARISONS,
     VARIANTS,
@@ -120,6 +123,30 @@ def test_a_finished_run_is_read_back_and_a_changed_one_trained_again(tmp_path, m
     assert (out / "summary.json").stat().st_mtime_ns != stamp  # another configuration
 
 
+def test_holdout_scoring_trains_the_same_model_and_scores_it_on_held_out_training_images(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MLCL_DATA_DIR", str(tmp_path / "data"))
+    budget = BUDGET | {
+        "data.synthetic_train": 40,
+        "data.synthetic_val": 12,
+        "data.synthetic_image_size": 32,
+        "data.image_size": 32,
+        "data.batch_size": 8,
+        "data.holdout": 0.25,
+        "run.epochs": 1,
+    }
+    on_val = train_variant("baseline", 0, tmp_path / "val", budget)
+    on_holdout = train_variant("baseline", 0, tmp_path / "holdout", budget, split="holdout")
+    records = [
+        json.loads((run_dir(tmp_path / root, "baseline", 0) / "metrics.jsonl").read_text())
+        for root in ("val", "holdout")
+    ]
+    # The same 30 training images in the same order: the same training, scored elsewhere.
+    assert records[0]["train_loss"] == records[1]["train_loss"]
+    assert on_val["final_map"] != on_holdout["final_map"]
+
+
 def test_a_chapter_reads_its_comparison_from_the_record_and_states_it_in_words(tmp_path):
     import matplotlib
 
@@ -153,3 +180,32 @@ def test_a_chapter_reads_its_comparison_from_the_record_and_states_it_in_words(t
     assert recorded_spreads(record, comparison) is None
     with pytest.raises(KeyError, match="no comparison 'nonsense'"):
         comparison_named("nonsense")
+
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def test_every_variant_trains_on_the_books_data_set():
+    assert BUDGET.items() >= BOOK_DATA.items()
+    config = variant_config("salgl", 0, "unused")
+    assert config.data.synthetic_setting == BOOK_DATA["data.synthetic_setting"] == "mechanisms"
+
+
+@pytest.mark.parametrize("chapter", sorted({c.chapter for c in COMPARISONS}))
+def test_each_training_chapter_defaults_to_the_books_data_set(chapter):
+    # The chapters' own runs and the over-seeds record they show must be on the same data.
+    cells = json.loads((NOTEBOOKS / f"{chapter}.ipynb").read_text())["cells"]
+    code = ["".join(cell["source"]) for cell in cells if cell["cell_type"] == "code"]
+    parameters = next(
+        source
+        for cell, source in zip((c for c in cells if c["cell_type"] == "code"), code)
+        if "parameters" in cell["metadata"].get("tags", [])
+    )
+    defaults = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in ast.parse(parameters).body
+        if isinstance(node, ast.Assign)
+    }
+    assert defaults["dataset"] == "synthetic"
+    assert defaults["synthetic_setting"] == BOOK_DATA["data.synthetic_setting"]
+    assert any("BOOK_DATA" in source and "synthetic_setting" in source for source in code[1:])
