@@ -14,6 +14,7 @@ from mlcl.effects import (
     BOOK_DATA,
     BUDGET,
     COMPARISONS,
+    TUNED_ON_HOLDOUT,
     VARIANTS,
     Spread,
     claim_rows,
@@ -209,3 +210,15 @@ def test_each_training_chapter_defaults_to_the_books_data_set(chapter):
     assert defaults["dataset"] == "synthetic"
     assert defaults["synthetic_setting"] == BOOK_DATA["data.synthetic_setting"]
     assert any("BOOK_DATA" in source and "synthetic_setting" in source for source in code[1:])
+
+
+def test_the_tuned_variants_carry_what_the_holdout_tuning_chose():
+    record = json.loads(
+        (NOTEBOOKS.parent / "benchmarks/results/holdout_tuning/holdout_tuning.json").read_text()
+    )
+    assert record["split"] == "holdout" and record["budget"]["data.holdout"] > 0
+    assert sorted(record["methods"]) == sorted(TUNED_ON_HOLDOUT)
+    for method, result in record["methods"].items():
+        best = max(result["points"], key=lambda point: point["mean"])
+        assert result["chosen"] == best["overrides"] == TUNED_ON_HOLDOUT[method]
+        assert VARIANTS[f"{method}, tuned on holdout"].overrides == TUNED_ON_HOLDOUT[method]
