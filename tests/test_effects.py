@@ -103,16 +103,20 @@ def test_run_folders_are_plain_names():
     )
 
 
+# The budget shrunk to a few seconds of training: a handful of 32-px images, one epoch.
+TINY_BUDGET = BUDGET | {
+    "data.synthetic_train": 24,
+    "data.synthetic_val": 12,
+    "data.synthetic_image_size": 32,
+    "data.image_size": 32,
+    "data.batch_size": 8,
+    "run.epochs": 1,
+}
+
+
 def test_a_finished_run_is_read_back_and_a_changed_one_trained_again(tmp_path, monkeypatch):
     monkeypatch.setenv("MLCL_DATA_DIR", str(tmp_path / "data"))
-    budget = BUDGET | {
-        "data.synthetic_train": 24,
-        "data.synthetic_val": 12,
-        "data.synthetic_image_size": 32,
-        "data.image_size": 32,
-        "data.batch_size": 8,
-        "run.epochs": 1,
-    }
+    budget = TINY_BUDGET
     first = train_variant("baseline", 0, tmp_path / "runs", budget)
     out = run_dir(tmp_path / "runs", "baseline", 0)
     assert len(epoch_curve(out)) == 1 and epoch_curve(out)[0] == first["final_map"]
@@ -128,15 +132,7 @@ def test_holdout_scoring_trains_the_same_model_and_scores_it_on_held_out_trainin
     tmp_path, monkeypatch
 ):
     monkeypatch.setenv("MLCL_DATA_DIR", str(tmp_path / "data"))
-    budget = BUDGET | {
-        "data.synthetic_train": 40,
-        "data.synthetic_val": 12,
-        "data.synthetic_image_size": 32,
-        "data.image_size": 32,
-        "data.batch_size": 8,
-        "data.holdout": 0.25,
-        "run.epochs": 1,
-    }
+    budget = TINY_BUDGET | {"data.synthetic_train": 40, "data.holdout": 0.25}
     on_val = train_variant("baseline", 0, tmp_path / "val", budget)
     on_holdout = train_variant("baseline", 0, tmp_path / "holdout", budget, split="holdout")
     records = [
