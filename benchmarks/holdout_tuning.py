@@ -46,7 +46,7 @@ GRIDS: dict[str, tuple[str, list[dict[str, Any]]]] = {
         "sadcl",
         [
             {"method.sscl_weight": sscl, "method.pscl_weight": pscl}
-            for sscl, pscl in ((100.0, 50.0), (10.0, 5.0), (1.0, 0.5))
+            for sscl, pscl in ((100.0, 50.0), (10.0, 5.0), (1.0, 0.5), (0.1, 0.05), (0.0, 0.0))
         ],
     ),
 }
