@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
 from mlcl.config import load_config
-from mlcl.engine.run_dir import environment_info
+from mlcl.engine.run_dir import environment_info, processor_name
 from mlcl.tools.bench import benchmark, measure_matmul_tflops
 
 PRESETS = ("baseline-quick",)  # bf16 without native support is slow: one preset by default
@@ -44,7 +43,7 @@ def bf16_cpu_flags() -> list[str]:
 def run(presets: list[str], steps: int, warmup: int) -> dict:
     cpu = torch.device("cpu")
     record = {
-        "processor": platform.processor() or platform.machine(),
+        "processor": processor_name(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "native_bf16_flags": bf16_cpu_flags(),
         "threads": torch.get_num_threads(),

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,8 @@ from mlcl.effects import (
     seeds_of,
     train_variant,
 )
+from mlcl.engine.run_dir import git_commit as commit_of_checkout
+from mlcl.engine.run_dir import processor_name
 
 RESULTS = Path(__file__).parent / "results" / "method_effects"
 
@@ -249,20 +250,8 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def machine_info() -> dict[str, Any]:
-    model = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor() or platform.machine(),
-        )
-        if Path("/proc/cpuinfo").is_file()
-        else platform.processor()
-    )
     return {
-        "processor": model,
+        "processor": processor_name(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -272,12 +261,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    """The short commit of the code, for the record."""
+    return (commit_of_checkout() or "unknown")[:7]
 
 
 def now() -> str:

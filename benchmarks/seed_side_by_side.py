@@ -417,6 +417,8 @@ def _seed_commit(lib: Path) -> str | None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from mlcl.engine.run_dir import processor_name  # here: the seed's worker never imports mlcl
+
     lib = seed_library(args.seed_lib)
     # Built one after the other (construction is the heaviest moment of neither), then both
     # wait for the alternating timed steps.
@@ -461,7 +463,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "machine": {
             "platform": platform.platform(),
-            "processor": _cpu_name(),
+            "processor": processor_name(),
             "cpus": os.cpu_count(),
             "load_average_at_end": os.getloadavg(),
         },
@@ -472,16 +474,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "speed_ratio_mlcl_over_seed": ours["images_per_s"] / seed["images_per_s"],
         "peak_memory_ratio_mlcl_over_seed": ours["peak_rss_mb"] / seed["peak_rss_mb"],
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 ROWS = [

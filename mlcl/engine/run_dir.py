@@ -18,6 +18,7 @@ import fcntl
 import json
 import math
 import os
+import platform
 import resource
 import socket
 import subprocess
@@ -180,7 +181,7 @@ def environment_info() -> dict[str, Any]:
             "timm": timm.__version__,
             "mlcl": mlcl.__version__,
         },
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
 
 
@@ -193,7 +194,19 @@ def peak_memory_mb(device: torch.device) -> dict[str, Any]:
     return {"peak_memory_mb": kilobytes / 1024, "peak_memory_kind": "cpu_max_rss"}
 
 
-def _git_commit() -> str | None:
+def processor_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    """The commit of the mlcl checkout in use; None outside a git checkout."""
     try:
         result = subprocess.run(
             ["git", "rev-parse", "HEAD"],
