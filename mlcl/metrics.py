@@ -33,8 +33,8 @@ import math
 from typing import Any
 
 import torch
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
+
+from mlcl.collectives import all_gather_rows
 
 __all__ = [
     "MultiLabelMetrics",
@@ -214,16 +214,15 @@ def multilabel_metrics(
     return results
 
 
-class MultiLabelMetrics(Metric):
-    """:func:`multilabel_metrics` over batches fed one by one, as a ``torchmetrics.Metric``.
+class MultiLabelMetrics:
+    """:func:`multilabel_metrics` over batches fed one by one.
 
-    The states are the batches' scores and targets (and indices, if given), concatenated at
-    ``compute``, over every process when ``torch.distributed`` is initialised
-    (``dist_reduce_fx="cat"``); ``compute`` then runs the functions above on them, so many
-    ``update`` calls give the metrics of the concatenated batches. A ``DistributedSampler`` pads
-    the data with repeats of a few images: pass each batch's dataset ``indices`` and every image
-    counts once. Under NCCL move the metric to the GPU (``.to(device)``), as any torchmetrics
-    metric.
+    ``update`` keeps each batch's scores and targets (and dataset indices, if given); ``compute``
+    concatenates them, over every process when ``torch.distributed`` is initialised, and runs
+    the functions above on the result, so many ``update`` calls give the metrics of the
+    concatenated batches. A ``DistributedSampler`` pads the data with repeats of a few images:
+    pass each batch's dataset ``indices`` and every image counts once. Under DDP every process
+    must call ``compute`` (it is a collective); each gets the same results.
 
     Example::
 
@@ -233,25 +232,19 @@ class MultiLabelMetrics(Metric):
         results = metrics.compute()  # {"mAP": ..., "CF1": ..., "OF1_top3": ..., ...}
     """
 
-    # update() only appends to the states: forward() need not recompute them from scratch.
-    full_state_update = False
-
-    def __init__(
-        self,
-        num_classes: int,
-        threshold: float = 0.5,
-        from_logits: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, num_classes: int, threshold: float = 0.5, from_logits: bool = True) -> None:
         if from_logits and not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1) for logits; got {threshold}")
         self.num_classes = num_classes
         self.threshold = threshold
         self.from_logits = from_logits
-        self.add_state("scores", default=[], dist_reduce_fx="cat")
-        self.add_state("targets", default=[], dist_reduce_fx="cat")
-        self.add_state("indices", default=[], dist_reduce_fx="cat")
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every batch."""
+        self.scores: list[torch.Tensor] = []  # [B, C] float64, on the CPU
+        self.targets: list[torch.Tensor] = []  # [B, C] bool
+        self.indices: list[torch.Tensor] = []  # [B] long, when the batches come with indices
 
     def update(
         self, scores: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None
@@ -264,21 +257,21 @@ class MultiLabelMetrics(Metric):
             raise ValueError(
                 f"expected scores for {self.num_classes} classes; got {scores.shape[1]}"
             )
-        self.scores.append(scores.to(self.device))
-        self.targets.append(targets.to(self.device))
+        if self.scores and (indices is not None) != bool(self.indices):
+            raise ValueError("pass indices to every update() or to none")
+        self.scores.append(scores)
+        self.targets.append(targets)
         if indices is not None:
-            self.indices.append(indices.detach().to(self.device, torch.long).reshape(-1))
+            self.indices.append(indices.detach().to("cpu", torch.long).reshape(-1))
 
     def compute(self) -> dict[str, Any]:
         """:func:`multilabel_metrics` of every image seen (by every process)."""
-        if len(self.scores) == 0:  # (a failed update() still counts as a call to torchmetrics)
+        if not self.scores:
             raise ValueError("MultiLabelMetrics.compute() called before any update()")
-        # After a sync the states are tensors, before it (one process) lists of batches.
-        scores, targets = dim_zero_cat(self.scores), dim_zero_cat(self.targets)
-        if len(self.indices):
-            indices = dim_zero_cat(self.indices)
-            if len(indices) != len(scores):
-                raise ValueError("pass indices to every update() or to none")
+        scores = all_gather_rows(torch.cat(self.scores))
+        targets = all_gather_rows(torch.cat(self.targets))
+        if self.indices:
+            indices = all_gather_rows(torch.cat(self.indices))
             # One row per image, in index order; a padded repeat rewrites its image's row.
             images, row = torch.unique(indices, return_inverse=True)
             shape = (len(images), self.num_classes)

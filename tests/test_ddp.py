@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from mlcl.collectives import all_gather_rows
 from mlcl.engine import fit, load_checkpoint, read_metrics
 from mlcl.engine.evaluate import collect_outputs, compute_metrics
 from mlcl.engine.loaders import build_eval_loader
@@ -133,3 +134,30 @@ def test_evaluation_over_two_processes_equals_one(tmp_path):
         assert two["with_indices"]["num_images"] == 15
         # Without indices the sampler's padded repeat (image 0 again) counts twice.
         assert two["without_indices"]["num_images"] == 16
+
+
+def _gather_rows_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+    try:
+        rows = 3 + 2 * rank  # rank 0 holds 3 rows, rank 1 holds 5
+        scores = torch.arange(rows * 2, dtype=torch.float64).reshape(rows, 2) + 100 * rank
+        flags = torch.arange(rows) % 2 == rank
+        gathered = {"scores": all_gather_rows(scores), "flags": all_gather_rows(flags)}
+        torch.save(gathered, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gathering_rows_of_unequal_shares(tmp_path):
+    mp.spawn(_gather_rows_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    expected_scores = torch.cat(
+        [torch.arange(6.0).reshape(3, 2), torch.arange(10.0).reshape(5, 2) + 100]
+    ).double()
+    expected_flags = torch.cat([torch.arange(3) % 2 == 0, torch.arange(5) % 2 == 1])
+    for rank in range(2):
+        gathered = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(gathered["scores"], expected_scores)  # rank after rank
+        assert gathered["flags"].dtype == torch.bool
+        assert torch.equal(gathered["flags"], expected_flags)

@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from mlcl.metrics import (
     MultiLabelMetrics,
@@ -221,13 +219,6 @@ def assert_same_results(results: dict, expected: dict) -> None:
     assert results == pytest.approx(expected)
 
 
-def test_metric_is_a_torchmetrics_metric_with_cat_states():
-    metrics = MultiLabelMetrics(num_classes=3)
-    assert isinstance(metrics, Metric)
-    # Concatenated over processes at compute() (torchmetrics' "cat" reduction).
-    assert all(metrics._reductions[name] is dim_zero_cat for name in ("scores", "targets"))
-
-
 def test_metric_in_chunks_equals_the_kernel_on_everything():
     scores, targets = random_problem(num_images=57, seed=11, decimals=2)
     metrics = MultiLabelMetrics(num_classes=scores.shape[1], threshold=0.4, from_logits=False)
@@ -251,11 +242,12 @@ def test_indices_count_each_image_once_in_dataset_order():
     assert_same_results(metrics.compute(), whole.compute())
     assert metrics.compute()["num_images"] == 11
 
-    mixed = MultiLabelMetrics(num_classes=scores.shape[1], from_logits=False)
-    mixed.update(scores[:5], targets[:5], indices=torch.arange(5))
-    mixed.update(scores[5:], targets[5:])
-    with pytest.raises(ValueError, match="every update"):
-        mixed.compute()
+    # Mixing batches with and without indices is refused at the batch that breaks the rule.
+    for first, second in ((torch.arange(5), None), (None, torch.arange(5, 11))):
+        mixed = MultiLabelMetrics(num_classes=scores.shape[1], from_logits=False)
+        mixed.update(scores[:5], targets[:5], indices=first)
+        with pytest.raises(ValueError, match="every update"):
+            mixed.update(scores[5:], targets[5:], indices=second)
 
 
 def test_reset_forgets_every_batch():
@@ -264,8 +256,7 @@ def test_reset_forgets_every_batch():
     metrics.update(scores, targets, indices=torch.arange(20))
     assert metrics.compute()["num_images"] == 20
     metrics.reset()
-    # torchmetrics warns, mlcl refuses (there is nothing to score).
-    with pytest.raises(ValueError, match="before any update"), pytest.warns(UserWarning):
+    with pytest.raises(ValueError, match="before any update"):  # there is nothing to score
         metrics.compute()
     metrics.update(scores[:6], targets[:6])  # without indices, now that none are kept
     assert_same_results(

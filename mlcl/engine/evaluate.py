@@ -1,9 +1,8 @@
 """Evaluation: a method's outputs over a whole split, then the metrics of the literature.
 
-Every process runs ``method.inference`` on its share of the split; the outputs are gathered (the
-states of a ``torchmetrics.Metric``, :class:`SplitOutputs`) and put back in dataset order by each
-image's ``index``, and scored against the split's *full* labels (also when training saw single
-positives).
+Every process runs ``method.inference`` on its share of the split; the outputs are gathered
+(:class:`SplitOutputs`) and put back in dataset order by each image's ``index``, and scored
+against the split's *full* labels (also when training saw single positives).
 """
 
 from __future__ import annotations
@@ -12,10 +11,9 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 from tqdm.auto import tqdm
 
+from mlcl.collectives import all_gather_rows
 from mlcl.data.device_decode import DeviceDecoder
 from mlcl.engine.loaders import batch_to_device, build_eval_loader
 from mlcl.engine.process_group import DistributedContext, resolve_device
@@ -23,41 +21,35 @@ from mlcl.methods import Method
 from mlcl.metrics import multilabel_metrics, threshold_metrics
 
 
-class SplitOutputs(Metric):
+class SplitOutputs:
     """Per-image outputs over a split, gathered across processes, row i for image i.
 
-    Each output, and the images' ``index``, is a list state that ``compute`` concatenates over
-    the processes (``dist_reduce_fx="cat"``) before writing row j of the gathered outputs to
-    row ``index[j]``. A ``DistributedSampler`` pads the split with repeats of its first images: a
-    repeat writes its image's row a second time, with the same values.
+    ``update`` keeps each batch's outputs and the images' ``index``; ``compute`` concatenates
+    them over the processes and writes row j of the gathered outputs to row ``index[j]``. A
+    ``DistributedSampler`` pads the split with repeats of its first images: a repeat writes its
+    image's row a second time, with the same values.
     """
 
-    # update() only appends to the states: forward() need not recompute them from scratch.
-    full_state_update = False
-
     def __init__(self, size: int, row_shapes: dict[str, torch.Size]) -> None:
-        super().__init__()
         self.size = size
         self.row_shapes = row_shapes
-        self.add_state("index", default=[], dist_reduce_fx="cat")
-        for name in row_shapes:
-            # Prefixed: an output's name must not clash with the Metric's own attributes.
-            self.add_state(f"output_{name}", default=[], dist_reduce_fx="cat")
+        self.index: list[torch.Tensor] = []  # [B] per batch
+        self.outputs: dict[str, list[torch.Tensor]] = {name: [] for name in row_shapes}
 
     def update(self, index: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
         """Add a batch: the images' dataset ``index`` ``[B]`` and their ``outputs``."""
         self.index.append(index)
         for name, value in outputs.items():
-            getattr(self, f"output_{name}").append(value.float())
+            self.outputs[name].append(value.float())
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """Every output ``[size, ...]`` in dataset order."""
-        index = dim_zero_cat(self.index)  # [N'] (DDP pads with a few repeats)
+        """Every output ``[size, ...]`` in dataset order (a collective under DDP)."""
+        index = all_gather_rows(torch.cat(self.index))  # [N'] (DDP pads with a few repeats)
         ordered = {}
         for name, row_shape in self.row_shapes.items():
-            values = dim_zero_cat(getattr(self, f"output_{name}"))  # [N', ...]
+            values = all_gather_rows(torch.cat(self.outputs[name]))  # [N', ...]
             ordered[name] = values.new_zeros((self.size, *row_shape))
-            ordered[name][index] = values
+            ordered[name][index.to(values.device)] = values
         return ordered
 
 
@@ -86,11 +78,7 @@ def collect_outputs(
             collected = SplitOutputs(len(loader.dataset), row_shapes)
         collected.update(batch["index"], outputs)
     method.train(was_training)
-    # torchmetrics squeezes a one-element result (one image, one class): the reshape undoes it.
-    return {
-        name: value.reshape(collected.size, *collected.row_shapes[name]).cpu()
-        for name, value in collected.compute().items()
-    }
+    return {name: value.cpu() for name, value in collected.compute().items()}
 
 
 def compute_metrics(
