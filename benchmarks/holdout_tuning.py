@@ -130,6 +130,10 @@ def _markdown(record: dict[str, Any]) -> str:
         f"(`{record['metric']}`, the last epoch's mAP), seeds "
         f"{', '.join(map(str, record['seeds']))}. The validation split is not used.",
     ]
+    for amendment in record.get("amendments", []):
+        lines.append(
+            f"Amended {amendment['date']} (commit {amendment['git_commit']}): {amendment['change']}"
+        )
     for method, result in record["methods"].items():
         keys = list(result["default"])
         lines += ["", f"## {method}", ""]

@@ -201,6 +201,10 @@ def _markdown(record: dict) -> str:
     ]
     if record["budget_changed"]:
         lines.append(f"**Budget changed from the chapters'**: {record['budget_changed']}.")
+    for amendment in record.get("amendments", []):
+        lines.append(
+            f"Amended {amendment['date']} (commit {amendment['git_commit']}): {amendment['change']}"
+        )
     for addition in record.get("additions", []):
         lines.append(
             f"Added later by `{addition['command']}` (commit {addition['git_commit']}, finished "
@@ -239,6 +243,7 @@ def _budget_text(budget: dict[str, Any]) -> str:
         "model.backbone",
         "run.epochs",
         "data.batch_size",
+        "run.amp",
     )
     return ", ".join(f"`{key}={budget[key]}`" for key in keys)
 

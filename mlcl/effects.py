@@ -48,6 +48,9 @@ BUDGET: dict[str, Any] = {
     "run.ema": 0.0,  # the final weights are evaluated, at the end of a decaying schedule
     "run.early_stop": 0,
     "run.device": "cpu",
+    # float32 on every CPU, so that a record measured on one machine extends on another
+    # (run.amp=auto trains in bf16 on a CPU with AMX)
+    "run.amp": "off",
     "run.progress": False,
     "run.checkpoint": False,
 }

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from mlcl.engine import fit, read_metrics
+from mlcl.engine import fit, optim, read_metrics
 from mlcl.engine.optim import (
     autocast_dtype,
     build_grad_scaler,
@@ -185,9 +185,12 @@ def test_an_unknown_schedule_is_refused():
         build_scheduler(_two_group_optimizer(1e-3), config, SPE, 10)
 
 
-def test_mixed_precision_choices():
+def test_mixed_precision_choices(monkeypatch):
     cpu = torch.device("cpu")
-    assert autocast_dtype("auto", cpu) is None  # the CPU trains in float32 by default
+    monkeypatch.setattr(optim, "cpu_has_amx", lambda: False)
+    assert autocast_dtype("auto", cpu) is None  # float32 on a CPU without AMX
+    monkeypatch.setattr(optim, "cpu_has_amx", lambda: True)
+    assert autocast_dtype("auto", cpu) is torch.bfloat16  # where bf16 was measured faster
     assert autocast_dtype("off", cpu) is None
     assert autocast_dtype("bf16", cpu) is torch.bfloat16
     with pytest.raises(ConfigError, match=r"run\.amp: fp16 needs a GPU"):

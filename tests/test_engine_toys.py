@@ -142,7 +142,7 @@ class TwoPhaseToyMethod(Method):
 
 
 def toy_config(out_dir, method: str = "test-toy", overrides: dict | None = None):
-    """A configuration for the toys: CPU, no workers, no progress bars."""
+    """A configuration for the toys: CPU, float32, no workers, no progress bars."""
     values = {
         "model.method": method,
         "data.batch_size": 8,
@@ -151,6 +151,9 @@ def toy_config(out_dir, method: str = "test-toy", overrides: dict | None = None)
         "run.out_dir": str(out_dir),
         "run.epochs": 2,
         "run.device": "cpu",
+        # float32 on every CPU: tests compare runs to 1e-5, and run.amp=auto trains in bf16 on
+        # a CPU with AMX
+        "run.amp": "off",
         "run.progress": False,
         "run.channels_last": False,
     }
