@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 NB     ?= notebooks/01_data_and_metrics.ipynb
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test book chapter lint format data colab-cells clean clean-all
+.PHONY: help setup test book chapter lint format data colab-cells gpu-wheels clean clean-all
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,8 +49,16 @@ data: data/synthetic/mlcl_synthetic.json  ## write the built-in synthetic data s
 data/synthetic/mlcl_synthetic.json: | $(STAMP)
 	$(VENV)/bin/mlcl data synth --out data/synthetic
 
+# pydantic and pycocotools for the device machine's Python 3.12, which has PyTorch but not them
+# at the versions of .venv (benchmarks/gpu_record.sh installs them there from this folder)
+gpu-wheels: setup  ## download the wheels benchmarks/gpu_record.sh needs on a lent GPU into .gpu-wheels
+	$(PY) -m pip download --quiet --dest .gpu-wheels --only-binary :all: --no-deps \
+		--python-version 3.12 --platform manylinux2014_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+		$$($(PY) -m pip freeze | grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions|pycocotools)==')
+
 clean:  ## remove the built book, caches and run directories
 	rm -rf _build .pytest_cache .ruff_cache runs notebooks/runs
 
 clean-all: clean  ## also remove .venv and the generated data
-	rm -rf $(VENV) data
+	rm -rf $(VENV) data .gpu-wheels

@@ -1,0 +1,204 @@
+"""The GPU record of issue 14, part 3: everything to measure on a lent GPU, in parts that each fit
+one call of the device tool (at most 10 minutes), most important first.
+
+On the development machine, once: ``make gpu-wheels`` puts into ``.gpu-wheels/`` the wheels of
+mlcl's dependencies that the device image lacks (pydantic, pycocotools, for its Python 3.12).
+Then, through the device tool, with ``carry=[".gpu-wheels"]``::
+
+    bash benchmarks/gpu_record.sh all       # every part below in this order, within --deadline
+    bash benchmarks/gpu_record.sh bench     # every full preset, eager (about 3 min)
+    bash benchmarks/gpu_record.sh train     # AMP, EMA, checkpoints and resume on CUDA
+    bash benchmarks/gpu_record.sh compile   # torch.compile, CUDA graphs, Scob's two phases
+    bash benchmarks/gpu_record.sh data      # the loader against data.decode=device
+
+A session has 15 minutes of device time, the machine's start included, and one call runs at most
+10: ``all`` runs the parts most important first and gives each command what is left of
+``--deadline`` seconds (540 by default), recording the commands it had no time for as skipped,
+so that one call brings back whatever fitted. Each part writes every ``mlcl bench`` JSON and log
+under ``$OUT/<part>/`` and prints a table last. Copy the JSON files into ``benchmarks/results/gpu/`` with the device's name, and say in
+``benchmarks/results/gpu/README.md`` what each shows. ``--smoke`` runs a part on the CPU with a
+tiny model and one step, to check the commands before device time is spent on them.
+
+The presets are trained from random weights (``model.pretrained=false``): the device machine
+reaches no weight hub, and speed does not depend on the values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PRESETS = ("baseline-coco", "q2l-coco", "sadcl-coco", "salgl-coco", "scob-coco")
+BUILT_IN_448 = [  # the built-in data at the presets' size, for the parts that read images
+    "data.dataset=synthetic",
+    "data.root=",
+    "data.synthetic_image_size=448",
+    "data.synthetic_train=1024",
+    "data.synthetic_val=128",
+]
+SMOKE = [  # --smoke: the same commands, small enough for a CPU
+    "run.device=cpu",
+    "model.backbone=test_resnet",
+    "data.image_size=64",
+    "data.batch_size=4",
+    "data.eval_batch_size=4",
+    "data.workers=0",
+    "data.synthetic_image_size=64",
+    "data.synthetic_train=32",
+    "data.synthetic_val=8",
+]
+
+
+MIN_COMMAND_S = 45  # a command is not started with less time than this left before the deadline
+
+
+class Recorder:
+    """Runs ``mlcl`` commands one after another, each under a time limit and all before a
+    deadline, keeping each one's log and a row for the closing table; a failed command is
+    recorded and the part goes on, one there is no time left for is recorded as skipped."""
+
+    def __init__(self, out: Path, smoke: bool, deadline: float) -> None:
+        self.out = out
+        self.smoke = smoke
+        self.deadline = deadline  # time.monotonic() by which every command has ended
+        self.rows: list[tuple[str, str, float]] = []
+        out.mkdir(parents=True, exist_ok=True)
+
+    def mlcl(self, name: str, args: list[str], overrides: list[str], limit_s: float) -> bool:
+        left = self.deadline - time.monotonic()
+        if left < MIN_COMMAND_S:
+            self.rows.append((name, "skipped (deadline)", 0.0))
+            return False
+        limit_s = min(limit_s, left)
+        overrides = [*overrides, *(SMOKE if self.smoke else ["run.device=cuda"])]
+        command = [sys.executable, "-m", "mlcl.cli", *args, "--set", *overrides]
+        started = time.perf_counter()
+        with open(self.out / f"{name}.log", "w") as log:
+            log.write(" ".join(command) + "\n\n")
+            log.flush()
+            try:
+                code = subprocess.run(
+                    command, stdout=log, stderr=subprocess.STDOUT, timeout=limit_s
+                ).returncode
+            except subprocess.TimeoutExpired:
+                code = "timeout"
+        seconds = time.perf_counter() - started
+        self.rows.append((name, "ok" if code == 0 else f"failed ({code})", seconds))
+        return code == 0
+
+    def bench(self, name: str, preset: str, overrides: list[str], data: bool = False) -> None:
+        steps = ["--steps", "1", "--warmup", "0", "--repeats", "1"]
+        if not self.smoke:
+            steps = ["--steps", "10", "--warmup", "3", "--repeats", "3"]
+        args = ["bench", "--config", preset, *steps, "--out", str(self.out / f"{name}.json")]
+        if data:
+            args.append("--data")
+        self.mlcl(name, args, ["model.pretrained=false", *overrides], limit_s=300)
+
+    def table(self) -> str:
+        lines = ["| command | result | s | images/s | peak MB | MFU | data images/s |"]
+        lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        for name, result, seconds in self.rows:
+            cells = ["", "", "", ""]
+            path = self.out / f"{name}.json"
+            if path.is_file():
+                bench = json.loads(path.read_text())
+                cells = [
+                    f"{bench['train_images_per_s']:.1f}",
+                    f"{bench['peak_memory_mb']:.0f}",
+                    f"{bench['mfu']:.1%}",
+                    f"{bench['data_images_per_s']:.1f}" if "data_images_per_s" in bench else "",
+                ]
+            lines.append(f"| {name} | {result} | {seconds:.0f} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def part_bench(recorder: Recorder) -> None:
+    """Every full preset as shipped (bf16 autocast, channels-last, fused AdamW), eager."""
+    for preset in PRESETS:
+        recorder.bench(preset, preset, [])
+
+
+def part_compile(recorder: Recorder) -> None:
+    """torch.compile's default mode and CUDA graphs (reduce-overhead) on Query2Label, and Scob,
+    whose contrastive phase is a second optimiser step of its own, under CUDA graphs."""
+    recorder.bench("q2l-coco-compile", "q2l-coco", ["run.compile=true"])
+    reduce_overhead = ["run.compile=true", "run.compile_mode=reduce-overhead"]
+    recorder.bench("q2l-coco-cudagraphs", "q2l-coco", reduce_overhead)
+    recorder.bench("scob-coco-cudagraphs", "scob-coco", reduce_overhead)
+
+
+def part_data(recorder: Recorder) -> None:
+    """The training loader (8 workers decoding and augmenting JPEGs) against data.decode=device
+    (nvjpeg and the augmentations on the GPU), on the built-in data at 448 px."""
+    for decode in ("loader", "device"):
+        name = f"baseline-coco-decode-{decode}"
+        recorder.bench(name, "baseline-coco", [*BUILT_IN_448, f"data.decode={decode}"], data=True)
+
+
+def part_train(recorder: Recorder) -> None:
+    """q2l-coco on the built-in data at 448 px: 150 steps with a checkpoint every 75, then
+    resumed to 300; the summary must say 300 steps, and the EMA must have been evaluated."""
+    run_dir = recorder.out / "q2l-coco-run"
+    overrides = [
+        *BUILT_IN_448,
+        "model.pretrained=false",
+        "run.epochs=10",  # 32 steps an epoch
+        "run.checkpoint_every=75",
+        f"run.out_dir={run_dir}",
+        "run.progress=false",
+    ]
+    train = ["train", "--config", "q2l-coco"]
+    if not recorder.mlcl("train-150", train, [*overrides, "run.max_steps=150"], limit_s=400):
+        return
+    if not recorder.mlcl(
+        "train-resume-300", [*train, "--resume"], [*overrides, "run.max_steps=300"], limit_s=400
+    ):
+        return
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # The run's checkpoints stay on the device; its per-epoch metrics come back.
+    shutil.copyfile(run_dir / "metrics.jsonl", recorder.out / "train_metrics.jsonl")
+    checks = {
+        "steps": summary["steps"] == 300,
+        "ema_evaluated": summary["final_ema_map"] is not None,
+        "finite_map": summary["final_map"] is not None,
+        "resumed": "resumed from" in (recorder.out / "train-resume-300.log").read_text(),
+    }
+    (recorder.out / "train_checks.json").write_text(
+        json.dumps({"checks": checks, "summary": summary}, indent=2) + "\n"
+    )
+    recorder.rows.append((f"train checks {checks}", "ok" if all(checks.values()) else "FAILED", 0))
+
+
+# Most important first: ``all`` runs them in this order.
+PARTS = {"bench": part_bench, "train": part_train, "compile": part_compile, "data": part_data}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=[*PARTS, "all"])
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-record")))
+    parser.add_argument("--smoke", action="store_true", help="on the CPU, tiny: a dry run")
+    parser.add_argument(
+        "--deadline", type=float, default=540, help="seconds from now by which every command ends"
+    )
+    args = parser.parse_args()
+    deadline = time.monotonic() + args.deadline
+    parts = list(PARTS) if args.part == "all" else [args.part]
+    recorders = [Recorder(args.out / part, args.smoke, deadline) for part in parts]
+    for part, recorder in zip(parts, recorders):
+        PARTS[part](recorder)
+    for part, recorder in zip(parts, recorders):
+        print(f"\n## {part}\n\n{recorder.table()}")
+    if any(result != "ok" for recorder in recorders for _, result, _ in recorder.rows):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
