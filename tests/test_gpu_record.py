@@ -20,9 +20,10 @@ def gpu_record(monkeypatch):
     spec.loader.exec_module(module)
     module.started = []
 
-    def run(command, stdout, stderr, timeout):
+    def run(command, stdout, stderr, timeout, env):
         module.started.append((command, timeout))
-        return subprocess.CompletedProcess(command, 0)
+        killed = env is not None and "MLCL_TEST_KILL_AT" in env
+        return subprocess.CompletedProcess(command, -9 if killed else 0)
 
     monkeypatch.setattr(module.subprocess, "run", run)
     return module
@@ -57,3 +58,13 @@ def test_smoke_runs_the_same_commands_on_the_cpu(gpu_record, tmp_path):
     for command in commands:
         assert "run.device=cpu" in command and "run.device=cuda" not in command
         assert "model.pretrained=false" in command  # the device reaches no weight hub
+
+
+def test_a_planned_kill_is_the_expected_ending_and_only_then(gpu_record, tmp_path, monkeypatch):
+    recorder = gpu_record.Recorder(tmp_path, smoke=True, deadline=time.monotonic() + 600)
+    assert recorder.mlcl("killed", ["train", "--config", "q2l-coco"], [], 300, kill_at_step=6)
+    assert recorder.rows[-1][:2] == ("killed", "ok")
+    died = lambda command, **_: subprocess.CompletedProcess(command, -9)  # noqa: E731
+    monkeypatch.setattr(gpu_record.subprocess, "run", died)
+    assert not recorder.mlcl("died", ["train", "--config", "q2l-coco"], [], 300)
+    assert recorder.rows[-1][:2] == ("died", "failed (-9)")
