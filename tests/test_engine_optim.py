@@ -187,9 +187,9 @@ def test_an_unknown_schedule_is_refused():
 
 def test_mixed_precision_choices(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(optim, "cpu_has_amx", lambda: False)
-    assert autocast_dtype("auto", cpu) is None  # float32 on a CPU without AMX
-    monkeypatch.setattr(optim, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: False)
+    assert autocast_dtype("auto", cpu) is None  # float32 where bf16 is emulated
+    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: True)
     assert autocast_dtype("auto", cpu) is torch.bfloat16  # where bf16 was measured faster
     assert autocast_dtype("off", cpu) is None
     assert autocast_dtype("bf16", cpu) is torch.bfloat16
@@ -197,6 +197,20 @@ def test_mixed_precision_choices(monkeypatch):
         autocast_dtype("fp16", cpu)
     assert build_grad_scaler(torch.bfloat16, cpu) is None
     assert build_grad_scaler(torch.float16, cpu) is not None  # float16 needs loss scaling
+
+
+def test_native_bf16_is_either_of_torchs_cpu_checks(monkeypatch):
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    for name in checks:
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert not optim.cpu_has_native_bf16()
+    for name in checks:
+        monkeypatch.setattr(torch.cpu, name, lambda: True)
+        assert optim.cpu_has_native_bf16(), name
+        monkeypatch.setattr(torch.cpu, name, lambda: False)
+    for name in checks:  # a torch without these private checks: float32, as before
+        monkeypatch.delattr(torch.cpu, name)
+    assert not optim.cpu_has_native_bf16()
 
 
 def test_training_in_bfloat16_on_the_cpu(tmp_path):

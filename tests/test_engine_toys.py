@@ -152,7 +152,7 @@ def toy_config(out_dir, method: str = "test-toy", overrides: dict | None = None)
         "run.epochs": 2,
         "run.device": "cpu",
         # float32 on every CPU: tests compare runs to 1e-5, and run.amp=auto trains in bf16 on
-        # a CPU with AMX
+        # a CPU with native bf16
         "run.amp": "off",
         "run.progress": False,
         "run.channels_last": False,

@@ -206,17 +206,20 @@ def load_scheduler_state(scheduler: LRScheduler, state: dict[str, Any]) -> None:
             scheduler.step()
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU multiplies bf16 matrices in AMX tiles (Intel Xeon since Sapphire Rapids).
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively: AVX512-BF16 (Intel since Cooper Lake, AMD since
+    Zen 4) or AMX tiles (Intel Xeon since Sapphire Rapids).
 
-    There oneDNN's bf16 convolutions and matrix products run about 8x faster than float32 ones,
-    and every ``-quick`` preset trains 1.2-1.9x faster in bf16 at the same accuracy
-    (``benchmarks/results/precision/cpu_bf16_amx.md``). Elsewhere ``run.amp: auto`` keeps
-    float32: on an AVX2 CPU bf16 trained baseline-quick 10x slower (``cpu_bf16_avx2.md``), and
-    AVX512-BF16 without AMX is unmeasured (``benchmarks/cpu_bf16.py`` measures it)."""
-    # A private helper of torch (what its compiler checks); absent, the answer is no.
-    is_supported = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(is_supported and is_supported())
+    There bf16 autocast trains every ``-quick`` preset faster than float32, and its final mAP
+    stays within the seed-to-seed spread, as on a GPU (baseline-quick alone lost 0.7-0.8 mAP over
+    two seeds, a little more than its spread): with AMX, where oneDNN's bf16 products run 8x the
+    float32 rate, whole trainings ran 1.2-1.7x faster
+    (``benchmarks/results/precision/cpu_bf16_amx.md``); with AVX512-BF16 alone (AMD Zen 4)
+    1.15-1.5x (``cpu_bf16_avx512bf16.md``). Elsewhere ``run.amp: auto`` keeps float32: on an AVX2
+    CPU bf16 trained baseline-quick 10x slower (``cpu_bf16_avx2.md``)."""
+    # Private helpers of torch (what its compiler checks); where one is absent, the answer is no.
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -225,7 +228,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         return None
     if amp == "auto":
         if device.type == "cpu":
-            return torch.bfloat16 if cpu_has_amx() else None
+            return torch.bfloat16 if cpu_has_native_bf16() else None
         if device.type != "cuda":
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
