@@ -18,8 +18,14 @@ touching the seed's files:
 Configuration (both sides): ResNet-50 without pretrained weights at 224 px, batch 8, 80 classes,
 hidden size 2048 (no input projection), feed-forward 8192, 1 encoder + 2 decoder layers, 4
 heads, dropout 0.1, no self-attention among queries, ASL (γ+ 0, γ− 4, clip 0) + 100·SSCL +
-50·PSCL with the memory bank, AdamW lr 5e-5, weight decay 5e-3, one-cycle schedule, float32, no
-EMA. Each side keeps its own recipe where the two differ (see ``RECIPE_DIFFERENCES``).
+50·PSCL with the memory bank, AdamW lr 5e-5, weight decay 5e-3, one-cycle schedule, no EMA.
+Each side keeps its own recipe where the two differ (see ``RECIPE_DIFFERENCES``).
+
+Precision: float32 on both sides by default. mlcl follows its ``run.amp`` (``--mlcl-set
+run.amp=bf16`` trains in bf16 autocast, as ``run.amp: auto`` does on a CPU with native bf16);
+the seed code has no CPU autocast (its ``--amp`` is CUDA's), so as published it trains in
+float32 on a CPU. ``--seed-amp bf16`` wraps its forward and losses in the CPU's bf16 autocast,
+the same regions its engine autocasts on a GPU, for a comparison of the two in one precision.
 
 Each side runs in its own worker process, so that its peak resident memory (``ru_maxrss``,
 ``VmHWM``) is its own; the parent alternates the timed steps (one seed step, one mlcl step,
@@ -57,6 +63,18 @@ MLCL_OVERRIDES = [
     "run.ema=0",
     "run.progress=false",
 ]
+
+
+def mlcl_overrides(extra: list[str]) -> list[str]:
+    """MLCL_OVERRIDES with ``extra`` applied: a key given again replaces its value in place."""
+    malformed = [item for item in extra if "=" not in item]
+    if malformed:
+        raise SystemExit(f"--mlcl-set {malformed[0]!r}: expected KEY=VALUE")
+    merged = dict(item.split("=", 1) for item in MLCL_OVERRIDES)
+    merged.update(item.split("=", 1) for item in extra)
+    return [f"{key}={value}" for key, value in merged.items()]
+
+
 RECIPE_DIFFERENCES = [
     "seed: torchvision ResNet-50; mlcl: timm ResNet-50 (the same layers). Both keep the stem, "
     "layer1 and every BatchNorm fixed (the seed's Backbone; mlcl's q2l-coco and sadcl-coco: "
@@ -183,8 +201,9 @@ def import_seed(lib: Path) -> None:
     import models.sadcl  # noqa: F401
 
 
-def build_seed(prototype_dir: Path):
-    """The seed's SADCL model, its three losses and its optimiser at the configuration above."""
+def build_seed(prototype_dir: Path, amp: str):
+    """The seed's SADCL model, its three losses, its optimiser at the configuration above, its
+    training step and the step's precision (``amp``: ``off`` or ``bf16``)."""
     import numpy as np
     import torch
     from models.loss.aslloss import AsymmetricLossOptimized
@@ -236,23 +255,26 @@ def build_seed(prototype_dir: Path):
         optimizer, max_lr=5e-5, total_steps=10_000, pct_start=0.2
     )
     images, labels = random_batch()
+    bf16 = amp == "bf16"
 
     def step() -> None:
-        # The order of the seed's engine.train (without AMP, EMA and logging).
-        output, embedding, current, memory, prototype = model(images)
-        views = torch.cat([current.unsqueeze(1), memory.unsqueeze(1)], dim=1)
-        loss = (
-            losses["asl"](output, labels)
-            + 100 * losses["sscl"](views, labels)
-            + 50 * losses["pscl"](current, prototype, labels)
-        )
+        # The order of the seed's engine.train (without EMA and logging); its engine autocasts
+        # the forward and the losses.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            output, embedding, current, memory, prototype = model(images)
+            views = torch.cat([current.unsqueeze(1), memory.unsqueeze(1)], dim=1)
+            loss = (
+                losses["asl"](output, labels)
+                + 100 * losses["sscl"](views, labels)
+                + 50 * losses["pscl"](current, prototype, labels)
+            )
         model.memorybank_update(embedding, labels, output)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
 
-    return model, optimizer, step
+    return model, optimizer, step, "bfloat16" if bf16 else "float32"
 
 
 # --------------------------------------------------------------------------- mlcl's side
@@ -266,7 +288,8 @@ def import_mlcl() -> None:
 
 
 def build_mlcl(preset: str, extra: list[str]):
-    """mlcl's SADCL method and training step, built as ``mlcl bench`` builds them."""
+    """mlcl's SADCL method, optimiser, training step (built as ``mlcl bench`` builds them) and
+    the step's precision."""
     import torch
 
     from mlcl.config import load_config, with_overrides
@@ -275,7 +298,7 @@ def build_mlcl(preset: str, extra: list[str]):
     from mlcl.engine.train import build_training, training_step
     from mlcl.tools.bench import _Shape
 
-    config = load_config(preset, [*MLCL_OVERRIDES, *extra])
+    config = load_config(preset, mlcl_overrides(extra))
     config = with_overrides(config, {"run.epochs": 1, "run.max_steps": 0})
     context = setup_distributed(config.run.device)
     shape = _Shape(CLASSES, num_images=BATCH * 16)
@@ -298,7 +321,7 @@ def build_mlcl(preset: str, extra: list[str]):
     def step() -> None:
         training_step(model, batch, optimization, amp_dtype=amp_dtype, ema=ema)
 
-    return method, optimizer, step
+    return method, optimizer, step, str(amp_dtype or torch.float32).removeprefix("torch.")
 
 
 # --------------------------------------------------------------------------- worker
@@ -324,9 +347,9 @@ def worker(args: argparse.Namespace) -> None:
     rss_imports_kb = _status_kb("VmRSS")  # the side's modules imported, nothing built
     with tempfile.TemporaryDirectory() as prototypes:
         if args.worker == "seed":
-            model, optimizer, step = build_seed(Path(prototypes))
+            model, optimizer, step, precision = build_seed(Path(prototypes), args.seed_amp)
         else:
-            model, optimizer, step = build_mlcl(args.mlcl_preset, args.mlcl_set)
+            model, optimizer, step, precision = build_mlcl(args.mlcl_preset, args.mlcl_set)
     rss_built_kb = _status_kb("VmRSS")
     for _ in range(args.warmup):
         step()
@@ -349,6 +372,7 @@ def worker(args: argparse.Namespace) -> None:
     result = {
         "side": args.worker,
         "threads": torch.get_num_threads(),
+        "precision": precision,
         "step_seconds": seconds,
         "step_seconds_median": median,
         "images_per_s": BATCH / median,
@@ -384,6 +408,8 @@ def _start(side: str, args: argparse.Namespace) -> subprocess.Popen:
         str(args.warmup),
         "--mlcl-preset",
         args.mlcl_preset,
+        "--seed-amp",
+        args.seed_amp,
         "--mlcl-set",
         *args.mlcl_set,
     ]
@@ -444,7 +470,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seed_commit": args.seed_commit or _seed_commit(lib),
         "seed_lib": str(lib),
         "mlcl_preset": args.mlcl_preset,
-        "mlcl_overrides": [*MLCL_OVERRIDES, *args.mlcl_set],
+        "mlcl_overrides": mlcl_overrides(args.mlcl_set),
         "configuration": {
             "backbone": "resnet50 (random init)",
             "image_size": IMAGE,
@@ -454,7 +480,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ff_dim": FF,
             "encoder_layers": 1,
             "decoder_layers": 2,
-            "precision": "float32",
+            "precision": {"seed": seed["precision"], "mlcl": ours["precision"]},
             "ema": False,
         },
         "recipe_differences": RECIPE_DIFFERENCES,
@@ -495,7 +521,8 @@ ROWS = [
 def markdown(result: dict[str, Any]) -> str:
     seed, ours = result["seed"], result["mlcl"]
     lines = [
-        "# SADCL's training step: the public code against mlcl (CPU, float32)",
+        "# SADCL's training step: the public code against mlcl (CPU, "
+        f"seed {seed['precision']}, mlcl {ours['precision']})",
         "",
         f"Command: `{result['command']}`",
         "",
@@ -532,6 +559,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per side")
     parser.add_argument("--mlcl-preset", default="sadcl-coco")
+    parser.add_argument(
+        "--seed-amp",
+        choices=("off", "bf16"),
+        default="off",
+        help="bf16: the seed's forward and losses under the CPU's bf16 autocast",
+    )
     parser.add_argument(
         "--mlcl-set", nargs="*", default=[], metavar="KEY=VALUE", help="more mlcl overrides"
     )
