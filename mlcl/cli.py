@@ -177,6 +177,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mlcl.engine.calibrate import calibrate_thresholds, stored_thresholds
     from mlcl.engine.checkpoint import check_compatible
     from mlcl.engine.loaders import build_split, data_root
+    from mlcl.engine.optim import autocast_dtype
     from mlcl.engine.process_group import resolve_device
 
     device = resolve_device(args.device)
@@ -196,6 +197,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=device,
         threshold=config.run.threshold,
         thresholds=stored_thresholds(checkpoint, args.ema),
+        # The run's own precision, so that the metrics are the ones its training reported
+        # (--set run.amp=off evaluates in float32).
+        amp_dtype=autocast_dtype(config.run.amp, device),
         channels_last=config.run.channels_last,
         progress=config.run.progress,
     )
