@@ -1,5 +1,5 @@
-"""The GPU record of issue 14, part 3: everything to measure on a lent GPU, in parts that each fit
-one call of the device tool (at most 10 minutes), most important first.
+"""The GPU record: everything to measure on a lent GPU, most important first, within one call
+of the device tool (at most 10 minutes).
 
 On the development machine, once: ``make gpu-wheels`` puts into ``.gpu-wheels/`` the wheels of
 mlcl's dependencies that the device image lacks (pydantic, pycocotools, for its Python 3.12).
@@ -7,17 +7,18 @@ Then, through the device tool, with ``carry=[".gpu-wheels"]``::
 
     bash benchmarks/gpu_record.sh all       # every part below in this order, within --deadline
     bash benchmarks/gpu_record.sh bench     # every full preset, eager (about 3 min)
-    bash benchmarks/gpu_record.sh train     # AMP, EMA, checkpoints and resume on CUDA
+    bash benchmarks/gpu_record.sh train     # AMP, EMA, a killed run resumed, on CUDA
     bash benchmarks/gpu_record.sh compile   # torch.compile, CUDA graphs, Scob's two phases
     bash benchmarks/gpu_record.sh data      # the loader against data.decode=device
 
 A session has 15 minutes of device time, the machine's start included, and one call runs at most
 10: ``all`` runs the parts most important first and gives each command what is left of
 ``--deadline`` seconds (540 by default), recording the commands it had no time for as skipped,
-so that one call brings back whatever fitted. Each part writes every ``mlcl bench`` JSON and log
-under ``$OUT/<part>/`` and prints a table last. Copy the JSON files into ``benchmarks/results/gpu/`` with the device's name, and say in
-``benchmarks/results/gpu/README.md`` what each shows. ``--smoke`` runs a part on the CPU with a
-tiny model and one step, to check the commands before device time is spent on them.
+so that one call brings back whatever fitted. Each part writes every command's JSON and log
+under ``--out``/<part>/ and prints a table last; ``gpu_record.sh`` packs them into
+``$OUT/gpu-record.tar.gz``, to be unpacked into ``benchmarks/results/gpu/<device>/``.
+``--smoke`` runs the same commands on the CPU with a tiny model and one step, to check them
+before device time is spent on them.
 
 The presets are trained from random weights (``model.pretrained=false``): the device machine
 reaches no weight hub, and speed does not depend on the values.
