@@ -128,6 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--notebooks", type=Path, default=Path("notebooks"), metavar="DIR")
     sweep.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
     sweep.add_argument(
+        "--cell-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="fail a run whose cell runs longer (default: no limit); bounds a kernel that hangs",
+    )
+    sweep.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="execute a run again, up to N times, when a cell timed out or the kernel died",
+    )
+    sweep.add_argument(
         "--rerun",
         action="store_true",
         help="execute again the runs an earlier sweep into --out finished (default: reuse them)",
@@ -315,7 +328,14 @@ def _sweep(args: argparse.Namespace) -> int:
     from mlcl.sweep import load_grid, run_sweep
 
     runs = load_grid(args.grid, args.notebooks)
-    results = run_sweep(runs, args.out, kernel_name=args.kernel, rerun=args.rerun)
+    results = run_sweep(
+        runs,
+        args.out,
+        kernel_name=args.kernel,
+        rerun=args.rerun,
+        cell_timeout=args.cell_timeout,
+        retries=args.retries,
+    )
     for result in results:
         status = "reused" if result.reused else result.status
         print(f"{status:6s}  {result.name}  ({result.seconds} s)  {result.error}")

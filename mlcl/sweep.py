@@ -18,6 +18,12 @@ that run, not the sweep: the sweep goes on and its report (``report.json`` and `
 A sweep started again into the same ``OUT`` (after it was killed, or after fixing what failed)
 reuses the runs that finished with the same parameters and executes the others; ``rerun=True``
 (``mlcl sweep --rerun``) executes every run again.
+
+A Jupyter kernel can stop answering: the cell's work done, its reply never reaches papermill, which
+would then wait for ever (a rare fault of the kernel's messaging, seen in CI). ``cell_timeout``
+(``--cell-timeout``) bounds each wait for the kernel, and ``retries`` (``--retries``) executes a
+run again, from the top in a fresh kernel, when a cell timed out or the kernel died; a cell that
+raised is a failure of the notebook and is not retried.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ class RunResult:
     status: str  # ok | failed
     seconds: float
     error: str = ""
+    # Executions of the run; more than one after a timed-out cell or a dead kernel (``retries``),
+    # and ``error`` then keeps what ended each earlier attempt.
+    attempts: int = 1
     # The summary.json of every training the chapter made, by its folder relative to the run's.
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
     reused: bool = False  # finished in an earlier sweep into the same folder, not executed again
@@ -130,31 +139,53 @@ def run_sweep(
     out_dir: str | Path,
     kernel_name: str | None = None,
     rerun: bool = False,
+    cell_timeout: float | None = None,
+    retries: int = 0,
 ) -> list[RunResult]:
     """Execute every run; never raises for a failing notebook. Writes the report to ``out_dir``.
 
     A run that an earlier sweep into ``out_dir`` finished with the same parameters is reused,
-    unless ``rerun``.
+    unless ``rerun``. ``cell_timeout`` seconds at most for each cell (default: no limit), and up
+    to ``retries`` more executions of a run whose cell timed out or whose kernel died.
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
+    if retries < 0:
+        raise ConfigError(f"retries: {retries}, must be >= 0")
+    if cell_timeout is not None and cell_timeout <= 0:
+        raise ConfigError(f"cell_timeout: {cell_timeout} s, must be > 0 (or None, no limit)")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     finished = {} if rerun else finished_runs(out_dir)
     results = []
     for run in runs:
-        run_dir = out_dir / run.name
         earlier = finished.get(run.name)
         if earlier is not None and earlier.parameters == run.parameters:
             earlier.reused = True
             results.append(earlier)
-            write_report(results, out_dir)
-            continue
-        run_dir.mkdir(parents=True, exist_ok=True)
-        parameters = {**run.parameters, "out_dir": str(run_dir)}
-        start = time.perf_counter()
-        status, error = "ok", ""
+        else:
+            results.append(execute_run(run, out_dir / run.name, kernel_name, cell_timeout, retries))
+        write_report(results, out_dir)
+    return results
+
+
+def execute_run(
+    run: SweepRun,
+    run_dir: Path,
+    kernel_name: str | None,
+    cell_timeout: float | None,
+    retries: int,
+) -> RunResult:
+    """Execute one run into ``run_dir``, again (up to ``retries`` times) while the kernel is the
+    trouble. A cell that raised is the notebook's own failure, and final; anything else (a cell
+    that timed out, a kernel that died or would not start, a reply that never came) is retried."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    parameters = {**run.parameters, "out_dir": str(run_dir)}
+    start = time.perf_counter()
+    errors: list[str] = []
+    status = "failed"
+    for attempt in range(1, retries + 2):
         try:
             papermill.execute_notebook(
                 str(run.notebook),
@@ -163,26 +194,33 @@ def run_sweep(
                 kernel_name=kernel_name,
                 cwd=str(run.notebook.parent),
                 progress_bar=False,
+                execution_timeout=cell_timeout,
             )
         except PapermillExecutionError as err:
-            status = "failed"
-            error = f"cell {err.exec_count}: {err.ename}: {err.evalue}"
-        except Exception as err:  # a kernel that died, a notebook that is not JSON, ...
-            status = "failed"
-            error = f"{type(err).__name__}: {err}"
-        results.append(
-            RunResult(
-                name=run.name,
-                notebook=str(run.notebook),
-                parameters=run.parameters,
-                status=status,
-                seconds=round(time.perf_counter() - start, 1),
-                error=error,
-                summaries=collect_summaries(run_dir),
-            )
-        )
-        write_report(results, out_dir)
-    return results
+            errors.append(f"cell {err.exec_count}: {err.ename}: {err.evalue}")
+            break
+        except Exception as err:
+            errors.append(f"attempt {attempt}: {type(err).__name__}: {one_line(str(err))}")
+            continue
+        status = "ok"
+        break
+    return RunResult(
+        name=run.name,
+        notebook=str(run.notebook),
+        parameters=run.parameters,
+        status=status,
+        seconds=round(time.perf_counter() - start, 1),
+        error="; ".join(errors),
+        summaries=collect_summaries(run_dir),
+        attempts=attempt,
+    )
+
+
+def one_line(message: str) -> str:
+    """nbclient's timeout message spans lines (with the cell's source): joined into one."""
+    return " ".join(
+        line.strip() for line in message.splitlines() if line.strip() and "---" not in line
+    )
 
 
 def finished_runs(out_dir: Path) -> dict[str, RunResult]:
@@ -226,5 +264,7 @@ def write_report(results: list[RunResult], out_dir: Path) -> None:
         )
         error = result.error.replace("|", "\\|").splitlines()[0] if result.error else ""
         status = f"{result.status} (earlier sweep)" if result.reused else result.status
+        if result.attempts > 1:
+            status += f" ({result.attempts} attempts)"
         lines.append(f"| {result.name} | {status} | {best} | {result.seconds} | {error} |")
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")

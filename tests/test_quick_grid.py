@@ -5,6 +5,8 @@ own tests: nbval leaves them to this file (``notebooks/conftest.py``), so each r
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,19 +23,36 @@ QUICK = load_grid("quick", NOTEBOOKS)
 CHANCE_MAP = 10.0
 
 
+# Far above any cell of the quick grid (the longest trains for about a minute on two cores), so a
+# cell over it is a kernel that stopped answering: the sweep executes that chapter once more.
+CELL_TIMEOUT_S = 600
+# The whole sweep, retries included, ends well before CI's 90 minutes even if every limit is hit.
+SWEEP_LIMIT_S = 45 * 60
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> tuple[Path, dict[str, dict], str]:
     out = tmp_path_factory.mktemp("quick-grid")
-    completed = subprocess.run(
-        [sys.executable, "-m", "mlcl.cli", "sweep", "quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    command = [sys.executable, "-m", "mlcl.cli", "sweep", "quick", "--out", str(out)]
+    command += ["--cell-timeout", str(CELL_TIMEOUT_S), "--retries", "1"]
+    # Output to files, not pipes: a kernel left running must not hold the test's pipe open.
+    with (out / "stdout.txt").open("w") as stdout, (out / "stderr.txt").open("w") as stderr:
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=stdout, stderr=stderr, text=True, start_new_session=True
+        )
+        try:
+            process.wait(timeout=SWEEP_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            report = out / "report.md"
+            finished = report.read_text() if report.is_file() else "(no run finished)\n"
+            pytest.fail(f"mlcl sweep quick ran past {SWEEP_LIMIT_S} s; finished:\n{finished}")
     report_file = out / "report.json"
-    assert report_file.is_file(), f"mlcl sweep wrote no report:\n{completed.stderr[-3000:]}"
+    stderr_tail = (out / "stderr.txt").read_text()[-3000:]
+    assert report_file.is_file(), f"mlcl sweep wrote no report:\n{stderr_tail}"
     report = {entry["name"]: entry for entry in json.loads(report_file.read_text())}
-    return out, report, completed.stdout
+    return out, report, (out / "stdout.txt").read_text()
 
 
 def test_the_sweep_ran_every_run_of_the_grid(sweep):

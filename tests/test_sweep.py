@@ -12,9 +12,14 @@ from mlcl.errors import ConfigError
 from mlcl.sweep import load_grid, run_sweep
 
 NOTEBOOK_BODY = """
-import json, pathlib
+import json, pathlib, time
 if fail:
     raise RuntimeError("asked to fail")
+# stall_once: the first execution into out_dir stops answering, as a hung kernel does.
+stalled_before = pathlib.Path(out_dir, "stalled")
+if stall_once and not stalled_before.exists():
+    stalled_before.touch()
+    time.sleep(600)
 for name, best_map in (("first", 10.0 * epochs), ("second/nested", 1.0)):
     run = pathlib.Path(out_dir) / name
     run.mkdir(parents=True, exist_ok=True)
@@ -25,7 +30,7 @@ for name, best_map in (("first", 10.0 * epochs), ("second/nested", 1.0)):
 @pytest.fixture
 def grid(tmp_path):
     notebook = nbformat.v4.new_notebook()
-    parameters = nbformat.v4.new_code_cell("epochs = 1\nfail = False\nout_dir = 'unused'")
+    parameters = nbformat.v4.new_code_cell("epochs = 1\nfail = False\nstall_once = False\nout_dir = 'unused'")
     parameters.metadata["tags"] = ["parameters"]
     notebook.cells = [parameters, nbformat.v4.new_code_cell(NOTEBOOK_BODY)]
     notebook.metadata["kernelspec"] = {
@@ -74,7 +79,7 @@ def test_bad_grid_names_the_file(grid, tmp_path):
         load_grid(bad, tmp_path)
     misspelt = tmp_path / "misspelt.yaml"
     misspelt.write_text("notebooks: [toy]\nparameter_sets: {a: {epoch: 3}}\n")
-    with pytest.raises(ConfigError, match=r"toy\.ipynb has no parameter 'epoch'.*epochs, fail"):
+    with pytest.raises(ConfigError, match=r"toy\.ipynb has no parameter 'epoch'.*epochs, fail, out_dir, stall_once"):
         load_grid(misspelt, notebooks)
     missing_notebook = tmp_path / "missing.yaml"
     missing_notebook.write_text("notebooks: [nowhere]\n")
@@ -118,3 +123,37 @@ def test_a_second_sweep_reuses_finished_runs_and_retries_the_others(grid, tmp_pa
     changed[0].parameters = {"epochs": 4}
     assert not run_sweep(changed, out)[0].reused  # other parameters: executed again
     assert not any(result.reused for result in run_sweep(runs, out, rerun=True))
+
+
+def test_a_stalled_cell_times_out_and_the_run_is_executed_again(grid, tmp_path):
+    _, notebooks = grid
+    stalling = tmp_path / "stalling.yaml"
+    stalling.write_text("notebooks: [toy]\nparameter_sets: {stall: {stall_once: true}}\n")
+    (run,) = load_grid(stalling, notebooks)
+
+    (once,) = run_sweep([run], tmp_path / "no-retry", cell_timeout=3)
+    assert once.status == "failed" and once.attempts == 1
+    assert "attempt 1: CellTimeoutError" in once.error
+    assert "stall_once" in once.error  # names the cell that stalled
+
+    (again,) = run_sweep([run], tmp_path / "retried", cell_timeout=3, retries=1)
+    assert again.status == "ok" and again.attempts == 2
+    assert again.summaries["first"] == {"best_map": 10.0}
+    assert "attempt 1: CellTimeoutError" in again.error
+    assert "| toy--stall | ok (2 attempts) |" in (tmp_path / "retried" / "report.md").read_text()
+
+
+def test_a_cell_that_raised_is_not_executed_again(grid, tmp_path):
+    grid_file, notebooks = grid
+    broken = [run for run in load_grid(grid_file, notebooks) if run.set_name == "broken"]
+    (result,) = run_sweep(broken, tmp_path / "out", cell_timeout=60, retries=2)
+    assert result.status == "failed" and result.attempts == 1
+    assert "asked to fail" in result.error
+
+
+def test_retries_and_cell_timeout_are_checked(grid, tmp_path):
+    runs = load_grid(*grid)
+    with pytest.raises(ConfigError, match="retries: -1"):
+        run_sweep(runs, tmp_path / "out", retries=-1)
+    with pytest.raises(ConfigError, match="cell_timeout: 0"):
+        run_sweep(runs, tmp_path / "out", cell_timeout=0)
