@@ -30,7 +30,9 @@ for name, best_map in (("first", 10.0 * epochs), ("second/nested", 1.0)):
 @pytest.fixture
 def grid(tmp_path):
     notebook = nbformat.v4.new_notebook()
-    parameters = nbformat.v4.new_code_cell("epochs = 1\nfail = False\nstall_once = False\nout_dir = 'unused'")
+    parameters = nbformat.v4.new_code_cell(
+        "epochs = 1\nfail = False\nstall_once = False\nout_dir = 'unused'"
+    )
     parameters.metadata["tags"] = ["parameters"]
     notebook.cells = [parameters, nbformat.v4.new_code_cell(NOTEBOOK_BODY)]
     notebook.metadata["kernelspec"] = {
@@ -79,7 +81,9 @@ def test_bad_grid_names_the_file(grid, tmp_path):
         load_grid(bad, tmp_path)
     misspelt = tmp_path / "misspelt.yaml"
     misspelt.write_text("notebooks: [toy]\nparameter_sets: {a: {epoch: 3}}\n")
-    with pytest.raises(ConfigError, match=r"toy\.ipynb has no parameter 'epoch'.*epochs, fail, out_dir, stall_once"):
+    with pytest.raises(
+        ConfigError, match=r"toy\.ipynb has no parameter 'epoch'.*epochs, fail, out_dir, stall_once"
+    ):
         load_grid(misspelt, notebooks)
     missing_notebook = tmp_path / "missing.yaml"
     missing_notebook.write_text("notebooks: [nowhere]\n")
