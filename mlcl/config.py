@@ -166,7 +166,8 @@ class RunConfig:
     seed: int = ranged(0, ">= 0")  # NumPy's SeedSequence takes no negative seed
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # auto: bf16 on GPUs that support it, fp16 with a gradient scaler on other GPUs; on the CPU
-    # bf16 where it multiplies bf16 natively (mlcl.engine.optim.cpu_has_native_bf16), else off
+    # bf16 where it multiplies bf16 natively and bf16 measures faster there
+    # (mlcl.engine.optim.cpu_bf16_is_faster), else off
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     ema: float = ranged(0.0, "[0, 1)")  # EMA decay of the weights evaluated alongside (0 = no EMA)
     ema_warmup: bool = False  # let the EMA decay grow towards `ema` (timm's warm-up; short runs)

@@ -187,9 +187,9 @@ def test_an_unknown_schedule_is_refused():
 
 def test_mixed_precision_choices(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(optim, "cpu_bf16_is_faster", lambda: False)
     assert autocast_dtype("auto", cpu) is None  # float32 where bf16 is emulated
-    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(optim, "cpu_bf16_is_faster", lambda: True)
     assert autocast_dtype("auto", cpu) is torch.bfloat16  # where bf16 was measured faster
     assert autocast_dtype("off", cpu) is None
     assert autocast_dtype("bf16", cpu) is torch.bfloat16
@@ -211,6 +211,29 @@ def test_native_bf16_is_either_of_torchs_cpu_checks(monkeypatch):
     for name in checks:  # a torch without these private checks: float32, as before
         monkeypatch.delattr(torch.cpu, name)
     assert not optim.cpu_has_native_bf16()
+
+
+@pytest.mark.parametrize(
+    ("native", "speedup", "chosen"), [(False, 3.0, False), (True, 0.5, False), (True, 2.0, True)]
+)
+def test_auto_chooses_bf16_where_the_cpu_has_it_and_it_measures_faster(
+    monkeypatch, native, speedup, chosen
+):
+    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: native)
+    probes = []
+    monkeypatch.setattr(optim, "cpu_bf16_speedup", lambda: probes.append(1) or speedup)
+    optim.cpu_bf16_is_faster.cache_clear()
+    try:
+        assert optim.cpu_bf16_is_faster() is chosen
+        assert optim.cpu_bf16_is_faster() is chosen
+    finally:
+        optim.cpu_bf16_is_faster.cache_clear()  # the next caller measures this CPU itself
+    assert len(probes) == (1 if native else 0)  # measured once, and only where bf16 is native
+
+
+def test_the_bf16_probe_measures_a_ratio_of_two_timings():
+    speedup = optim.cpu_bf16_speedup(repeats=1)
+    assert math.isfinite(speedup) and speedup > 0
 
 
 def test_training_in_bfloat16_on_the_cpu(tmp_path):

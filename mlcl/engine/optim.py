@@ -7,12 +7,15 @@ One AdamW per method phase, over the parameter groups the method gives (a group 
 
 from __future__ import annotations
 
+import functools
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import (
     CosineAnnealingLR,
@@ -215,11 +218,50 @@ def cpu_has_native_bf16() -> bool:
     two seeds, a little more than its spread): with AMX, where oneDNN's bf16 products run 8x the
     float32 rate, whole trainings ran 1.2-1.7x faster
     (``benchmarks/results/precision/cpu_bf16_amx.md``); with AVX512-BF16 alone (AMD Zen 4)
-    1.15-1.5x (``cpu_bf16_avx512bf16.md``). Elsewhere ``run.amp: auto`` keeps float32: on an AVX2
-    CPU bf16 trained baseline-quick 10x slower (``cpu_bf16_avx2.md``)."""
+    1.15-1.5x (``cpu_bf16_avx512bf16.md``). Elsewhere bf16 is emulated, and on an AVX2 CPU it
+    trained baseline-quick 10x slower (``cpu_bf16_avx2.md``). ``run.amp: auto`` asks
+    :func:`cpu_bf16_is_faster`, which also measures."""
     # Private helpers of torch (what its compiler checks); where one is absent, the answer is no.
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+@functools.cache
+def cpu_bf16_is_faster() -> bool:
+    """Whether ``run.amp: auto`` trains in bf16 on this CPU: it multiplies bf16 natively
+    (:func:`cpu_has_native_bf16`) and bf16 autocast runs a small product and convolution faster
+    than float32 here (:func:`cpu_bf16_speedup`). Measured once per process.
+
+    The flags alone are not enough. oneDNN, which runs these products, decides for itself which
+    instructions to use, and where it does not use the bf16 ones (a virtual machine that hides
+    them from it, ``ONEDNN_MAX_CPU_ISA`` set lower) bf16 is emulated: on an AVX512-BF16 CPU capped
+    at AVX512 the probe ran 2x slower than float32, capped at AVX2 50x slower
+    (``benchmarks/results/precision/bf16_probe.md``). A training there would crawl."""
+    return cpu_has_native_bf16() and cpu_bf16_speedup() > 1.0
+
+
+def cpu_bf16_speedup(repeats: int = 3) -> float:
+    """float32 time over bf16-autocast time, on the CPU with torch's threads, of a 256x512 by
+    512x512 product and a 3x3 convolution of 8x64x32x32 (the best of ``repeats`` after one
+    warm-up, which compiles oneDNN's kernels): about 0.1 s, a few where bf16 is emulated."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(256, 512, generator=generator)
+    b = torch.randn(512, 512, generator=generator)
+    images = torch.randn(8, 64, 32, 32, generator=generator)
+    kernels = torch.randn(64, 64, 3, 3, generator=generator)
+
+    def seconds(bf16: bool) -> float:
+        best = math.inf
+        for attempt in range(repeats + 1):
+            start = time.perf_counter()
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                a @ b
+                F.conv2d(images, kernels, padding=1)
+            if attempt > 0:  # the first is the warm-up
+                best = min(best, time.perf_counter() - start)
+        return best
+
+    return seconds(bf16=False) / seconds(bf16=True)
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -228,7 +270,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         return None
     if amp == "auto":
         if device.type == "cpu":
-            return torch.bfloat16 if cpu_has_native_bf16() else None
+            return torch.bfloat16 if cpu_bf16_is_faster() else None
         if device.type != "cuda":
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
