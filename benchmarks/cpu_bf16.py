@@ -53,8 +53,11 @@ def bf16_cpu_flags() -> list[str]:
     return sorted({flag for flag in flags.split() if "bf16" in flag or flag.startswith("amx")})
 
 
-def bench_in_own_process(preset: str, amp: str, steps: int, warmup: int) -> dict:
-    """``mlcl bench`` of ``preset`` on the CPU at ``run.amp=amp``, in a fresh process."""
+def bench_in_own_process(
+    preset: str, amp: str, steps: int, warmup: int, env: dict[str, str] | None = None
+) -> dict:
+    """``mlcl bench`` of ``preset`` on the CPU at ``run.amp=amp``, in a fresh process (with the
+    environment ``env``, default this one's)."""
     with tempfile.TemporaryDirectory(prefix="mlcl-bf16-bench-") as folder:
         out = Path(folder) / "bench.json"
         command = [
@@ -63,7 +66,7 @@ def bench_in_own_process(preset: str, amp: str, steps: int, warmup: int) -> dict
             *("--out", str(out), "--set", "run.device=cpu", f"run.amp={amp}"),
             "run.progress=false",
         ]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
         return json.loads(out.read_text())
 
 
