@@ -12,6 +12,22 @@ from pathlib import Path
 import pytest
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """What sets the suite's pace on this machine, at the top of the log (CI's included)."""
+    import torch
+
+    from mlcl.engine.optim import cpu_bf16_is_faster, cpu_bf16_speedup, cpu_has_native_bf16
+    from mlcl.engine.run_dir import processor_name
+
+    native = cpu_has_native_bf16()
+    measured = f", bf16 probe {cpu_bf16_speedup():.2f}x float32" if native else ""
+    auto = "bf16" if cpu_bf16_is_faster() else "float32"
+    return (
+        f"mlcl: {processor_name()}, {torch.get_num_threads()} torch threads, native bf16: "
+        f"{'yes' if native else 'no'}{measured}; run.amp=auto trains in {auto} on this CPU"
+    )
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mlcl.data import generate
