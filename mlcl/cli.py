@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
     sweep.add_argument(
         "--cell-timeout",
-        type=float,
+        type=int,
         metavar="SECONDS",
         help="fail a run whose cell runs longer (default: no limit); bounds a kernel that hangs",
     )

@@ -139,7 +139,7 @@ def run_sweep(
     out_dir: str | Path,
     kernel_name: str | None = None,
     rerun: bool = False,
-    cell_timeout: float | None = None,
+    cell_timeout: int | None = None,
     retries: int = 0,
 ) -> list[RunResult]:
     """Execute every run; never raises for a failing notebook. Writes the report to ``out_dir``.
@@ -150,8 +150,9 @@ def run_sweep(
     """
     if retries < 0:
         raise ConfigError(f"retries: {retries}, must be >= 0")
-    if cell_timeout is not None and cell_timeout <= 0:
-        raise ConfigError(f"cell_timeout: {cell_timeout} s, must be > 0 (or None, no limit)")
+    # nbclient takes whole seconds only
+    if cell_timeout is not None and (not isinstance(cell_timeout, int) or cell_timeout <= 0):
+        raise ConfigError(f"cell_timeout: {cell_timeout!r} s, must be a whole number > 0 (or None)")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     finished = {} if rerun else finished_runs(out_dir)
@@ -171,7 +172,7 @@ def execute_run(
     run: SweepRun,
     run_dir: Path,
     kernel_name: str | None,
-    cell_timeout: float | None,
+    cell_timeout: int | None,
     retries: int,
 ) -> RunResult:
     """Execute one run into ``run_dir``, again (up to ``retries`` times) while the kernel is the

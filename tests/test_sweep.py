@@ -159,5 +159,6 @@ def test_retries_and_cell_timeout_are_checked(grid, tmp_path):
     runs = load_grid(*grid)
     with pytest.raises(ConfigError, match="retries: -1"):
         run_sweep(runs, tmp_path / "out", retries=-1)
-    with pytest.raises(ConfigError, match="cell_timeout: 0"):
-        run_sweep(runs, tmp_path / "out", cell_timeout=0)
+    for cell_timeout in (0, 2.5):
+        with pytest.raises(ConfigError, match=f"cell_timeout: {cell_timeout}"):
+            run_sweep(runs, tmp_path / "out", cell_timeout=cell_timeout)
