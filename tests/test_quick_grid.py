@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,8 @@ def test_chapter_runs_on_its_defaults_and_learns(sweep, run):
     executed = out / run.name / run.notebook.name
     assert entry["status"] == "ok", f"{entry['error']}\n(the executed notebook: {executed})"
     assert executed.is_file()
+    if entry["attempts"] > 1:  # passed, but the log should say that a kernel had to be replaced
+        warnings.warn(f"{run.name}: {entry['attempts']} attempts ({entry['error']})", stacklevel=1)
     # Every training the chapter made is in a folder of its own under the run's out_dir.
     assert entry["summaries"], f"{run.name}: no summary.json under {out / run.name}"
     for training, summary in entry["summaries"].items():
